@@ -1,0 +1,316 @@
+"""Typed client for the parts of the Metronome API this project reads.
+
+Why a hand-written client rather than ``metronome-sdk``: we need ``Decimal`` money end to end (the SDK
+parses numbers as float), one retry/redaction policy shared with Suger, and pagination that keeps going
+through empty pages and refuses to loop on a repeated cursor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr, TypeAdapter
+
+from metronome_suger.clients.http import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
+    JsonApiClient,
+    RetryPolicy,
+    map_bounded,
+)
+from metronome_suger.clients.metronome_models import (
+    USD_CREDIT_TYPE_ID,
+    BillableMetric,
+    BreakdownInvoice,
+    CreditType,
+    Customer,
+    Invoice,
+    LineItem,
+    UsageRow,
+)
+from metronome_suger.clients.types import format_rfc3339, require_aware
+
+__all__ = [
+    "DEFAULT_METRONOME_URL",
+    "USD_CREDIT_TYPE_ID",
+    "BillableMetric",
+    "BreakdownInvoice",
+    "CreditType",
+    "Customer",
+    "Invoice",
+    "LineItem",
+    "MetronomeClient",
+    "UsageRow",
+]
+
+DEFAULT_METRONOME_URL = "https://api.metronome.com"
+MAX_PAGE_LIMIT = 100
+_MAX_PAGES = 100_000  # a server minting fresh cursors forever is a bug; fail instead of hanging
+
+M = TypeVar("M")
+
+_CUSTOMERS = TypeAdapter(list[Customer])
+_CUSTOMER = TypeAdapter(Customer)
+_METRICS = TypeAdapter(list[BillableMetric])
+_USAGE = TypeAdapter(list[UsageRow])
+_INVOICES = TypeAdapter(list[Invoice])
+_BREAKDOWNS = TypeAdapter(list[BreakdownInvoice])
+
+_WINDOW_SIZES = {"HOUR", "DAY", "NONE"}
+
+
+def _seg(value: str) -> str:
+    """One URL path segment, percent-encoded so an id can never change the route."""
+    if not value:
+        raise ValueError("an id used in a URL path must be non-empty")
+    return quote(value, safe="")
+
+
+class MetronomeClient(JsonApiClient):
+    """Metronome API client (``Authorization: Bearer <token>``); see the module docstring for why."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | SecretStr,
+        *,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        page_limit: int = 100,
+        max_workers: int = 8,
+        user_agent: str = DEFAULT_USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not 1 <= page_limit <= MAX_PAGE_LIMIT:
+            raise ValueError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
+        raw = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
+        if not raw.strip():
+            raise ValueError("Metronome API token is empty")
+        super().__init__(
+            base_url,
+            SecretStr(f"Bearer {raw.strip()}"),
+            service="metronome",
+            timeout=timeout,
+            retry=retry,
+            user_agent=user_agent,
+            sleep=sleep,
+            clock=clock,
+            transport=transport,
+        )
+        self.page_limit = page_limit
+        self.max_workers = max_workers
+
+    # -- pagination ------------------------------------------------------------------------------------------
+
+    def _paginate(
+        self,
+        method: str,
+        path: str,
+        adapter: TypeAdapter[list[M]],
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        send_limit: bool = True,
+    ) -> Iterator[M]:
+        """Yield items across cursor pages, looping on ``next_page`` only (empty pages are legal)."""
+        cursor: str | None = None
+        seen: set[str] = set()
+        for page_number in range(1, _MAX_PAGES + 1):
+            query: dict[str, Any] = dict(params or {})
+            if send_limit:
+                query["limit"] = self.page_limit
+            if cursor is not None:
+                query["next_page"] = cursor
+            payload = self.request(method, path, params=query, json=body)
+            if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), list):
+                raise self.malformed(method, path, "expected a JSON object with a 'data' list")
+            next_page = payload.get("next_page")
+            if next_page is not None and not isinstance(next_page, str):
+                raise self.malformed(method, path, f"'next_page' must be a string or null, got {next_page!r}")
+            yield from self.parse_model(adapter, payload["data"], method, path, loc_prefix="data")
+            if not next_page:
+                return
+            if next_page in seen:
+                raise self.malformed(
+                    method,
+                    path,
+                    f"pagination cursor repeated on page {page_number} ({next_page[:40]!r}); "
+                    "stopping instead of looping forever",
+                )
+            seen.add(next_page)
+            cursor = next_page
+        raise self.malformed(method, path, f"more than {_MAX_PAGES} pages; stopping")
+
+    # -- customers and metrics -------------------------------------------------------------------------------
+
+    def list_customers(self, *, include_archived: bool = False) -> list[Customer]:
+        """Active customers; with ``include_archived`` also the archived ones (Metronome needs a 2nd call)."""
+        customers = list(self._paginate("GET", "/v1/customers", _CUSTOMERS))
+        if include_archived:
+            known = {c.id for c in customers}
+            for customer in self._paginate(
+                "GET", "/v1/customers", _CUSTOMERS, params={"only_archived": True}
+            ):
+                if customer.id not in known:
+                    known.add(customer.id)
+                    customers.append(customer)
+        return customers
+
+    def get_customer(self, customer_id: str) -> Customer:
+        """One customer (``{"data": {...}}``); :class:`NotFoundError` if unknown."""
+        path = f"/v1/customers/{_seg(customer_id)}"
+        payload = self.request("GET", path)
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), Mapping):
+            raise self.malformed("GET", path, "expected a JSON object with a 'data' object")
+        return self.parse_model(_CUSTOMER, payload["data"], "GET", path, loc_prefix="data")
+
+    def list_billable_metrics(self, *, include_archived: bool = True) -> list[BillableMetric]:
+        """All billable metrics (archived included by default so history stays explainable)."""
+        return list(
+            self._paginate(
+                "GET", "/v1/billable-metrics", _METRICS, params={"include_archived": include_archived}
+            )
+        )
+
+    # -- usage -----------------------------------------------------------------------------------------------
+
+    def iter_usage(
+        self,
+        *,
+        starting_on: datetime,
+        ending_before: datetime,
+        window_size: str = "HOUR",
+        customer_ids: Sequence[str] | None = None,
+        billable_metric_ids: Sequence[str] | None = None,
+    ) -> Iterator[UsageRow]:
+        """Aggregated usage rows from ``POST /v1/usage`` (filters in the body, cursor in the query).
+
+        ``None`` filters mean "all"; an *empty* list means "none" and yields nothing without a call
+        (sending ``[]`` could be read by the server as "no filter").
+        """
+        start = require_aware(starting_on, "starting_on")
+        end = require_aware(ending_before, "ending_before")
+        if end <= start:
+            raise ValueError("ending_before must be after starting_on")
+        size = window_size.upper()
+        if size not in _WINDOW_SIZES:
+            raise ValueError(f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}")
+        if (customer_ids is not None and not customer_ids) or (
+            billable_metric_ids is not None and not billable_metric_ids
+        ):
+            return iter(())
+        body: dict[str, Any] = {
+            "starting_on": format_rfc3339(start),
+            "ending_before": format_rfc3339(end),
+            "window_size": size,
+        }
+        if customer_ids is not None:
+            body["customer_ids"] = list(dict.fromkeys(customer_ids))
+        if billable_metric_ids is not None:
+            body["billable_metrics"] = [{"id": m} for m in dict.fromkeys(billable_metric_ids)]
+        return self._paginate("POST", "/v1/usage", _USAGE, body=body, send_limit=False)
+
+    def list_usage(
+        self,
+        *,
+        starting_on: datetime,
+        ending_before: datetime,
+        window_size: str = "HOUR",
+        customer_ids: Sequence[str] | None = None,
+        billable_metric_ids: Sequence[str] | None = None,
+    ) -> list[UsageRow]:
+        """:meth:`iter_usage`, collected."""
+        return list(
+            self.iter_usage(
+                starting_on=starting_on,
+                ending_before=ending_before,
+                window_size=window_size,
+                customer_ids=customer_ids,
+                billable_metric_ids=billable_metric_ids,
+            )
+        )
+
+    # -- invoices --------------------------------------------------------------------------------------------
+
+    def list_invoices(
+        self,
+        customer_id: str,
+        *,
+        status: str | None = None,
+        starting_on: datetime | None = None,
+        ending_before: datetime | None = None,
+        credit_type_id: str | None = None,
+        sort: str = "date_asc",
+    ) -> list[Invoice]:
+        """A customer's invoices; date filters apply to the billing period. ``sort`` is always sent
+        because Metronome documents two different defaults."""
+        params = {
+            "status": status,
+            "starting_on": require_aware(starting_on, "starting_on") if starting_on else None,
+            "ending_before": require_aware(ending_before, "ending_before") if ending_before else None,
+            "credit_type_id": credit_type_id,
+            "sort": sort,
+        }
+        path = f"/v1/customers/{_seg(customer_id)}/invoices"
+        return list(self._paginate("GET", path, _INVOICES, params=params))
+
+    def list_invoices_for_customers(
+        self,
+        customer_ids: Sequence[str],
+        *,
+        status: str | None = None,
+        starting_on: datetime | None = None,
+        ending_before: datetime | None = None,
+        credit_type_id: str | None = None,
+        sort: str = "date_asc",
+    ) -> dict[str, list[Invoice]]:
+        """:meth:`list_invoices` for many customers on at most ``max_workers`` threads (input order kept)."""
+        unique = list(dict.fromkeys(customer_ids))
+
+        def one(customer_id: str) -> list[Invoice]:
+            return self.list_invoices(
+                customer_id,
+                status=status,
+                starting_on=starting_on,
+                ending_before=ending_before,
+                credit_type_id=credit_type_id,
+                sort=sort,
+            )
+
+        results = map_bounded(one, unique, max_workers=self.max_workers)
+        return dict(zip(unique, results))
+
+    def list_invoice_breakdowns(
+        self,
+        customer_id: str,
+        *,
+        starting_on: datetime,
+        ending_before: datetime,
+        window_size: str = "HOUR",
+        status: str | None = None,
+        credit_type_id: str | None = None,
+        sort: str = "date_asc",
+    ) -> list[BreakdownInvoice]:
+        """Per-window invoice slices; unique key is (``id``, ``breakdown_start_timestamp``)."""
+        size = window_size.upper()
+        if size not in ("HOUR", "DAY"):
+            raise ValueError(f"window_size must be HOUR or DAY, got {window_size!r}")
+        params = {
+            "starting_on": require_aware(starting_on, "starting_on"),
+            "ending_before": require_aware(ending_before, "ending_before"),
+            "window_size": size,
+            "status": status,
+            "credit_type_id": credit_type_id,
+            "sort": sort,
+        }
+        path = f"/v1/customers/{_seg(customer_id)}/invoices/breakdowns"
+        return list(self._paginate("GET", path, _BREAKDOWNS, params=params))

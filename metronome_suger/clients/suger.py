@@ -1,0 +1,282 @@
+"""Typed client for the Suger metering, buyer and entitlement API (``Authorization: Key <api key>``).
+
+Why hand-written: the generated ``suger_sdk_python`` parses quantities as float and has a broken default
+host; we need exact Decimal quantities, 409-as-success reporting, and the same retry/redaction policy as
+the Metronome client.
+
+Retry safety: a usage-record-group POST is retried only on 429, 5xx and transport errors, never on 400 or
+409. That is safe because every group carries its own ``id`` — if an earlier attempt did land, the retry
+gets 409 and is reported as ``duplicate``, never as a second group.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import date
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr, TypeAdapter
+
+from metronome_suger.clients.http import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
+    BadRequestError,
+    ConflictError,
+    JsonApiClient,
+    RetryPolicy,
+    map_bounded,
+)
+from metronome_suger.clients.suger_models import (
+    Buyer,
+    BuyerInfo,
+    DimensionMappingValue,
+    Entitlement,
+    EntitlementInfo,
+    MeteringDimension,
+    NewUsageRecordGroup,
+    PartnerUsageMeteringConfig,
+    ReportResult,
+    UsageMeteringConfigInfo,
+    UsageRecordGroup,
+)
+
+__all__ = [
+    "DEFAULT_SUGER_URL",
+    "Buyer",
+    "BuyerInfo",
+    "DimensionMappingValue",
+    "Entitlement",
+    "EntitlementInfo",
+    "MeteringDimension",
+    "NewUsageRecordGroup",
+    "PartnerUsageMeteringConfig",
+    "ReportResult",
+    "SugerClient",
+    "UsageMeteringConfigInfo",
+    "UsageRecordGroup",
+]
+
+DEFAULT_SUGER_URL = "https://api.suger.cloud"
+MAX_PAGE_LIMIT = 1000
+_MAX_PAGES = 100_000
+
+M = TypeVar("M")
+
+_BUYERS = TypeAdapter(list[Buyer])
+_BUYER = TypeAdapter(Buyer)
+_ENTITLEMENTS = TypeAdapter(list[Entitlement])
+_GROUPS = TypeAdapter(list[UsageRecordGroup])
+_GROUP = TypeAdapter(UsageRecordGroup)
+_CONFIG = TypeAdapter(UsageMeteringConfigInfo)
+
+
+def _seg(value: str) -> str:
+    """One URL path segment, percent-encoded so an id can never change the route."""
+    if not value:
+        raise ValueError("an id used in a URL path must be non-empty")
+    return quote(value, safe="")
+
+
+def _problem_text(exc: BadRequestError) -> str:
+    """The full validation text: a plain-text body verbatim, else the parsed JSON message."""
+    body = (exc.body or "").strip()
+    if body and body[0] not in "{[\"":
+        return body
+    return exc.message
+
+
+def _item_ids(items: Sequence[Any]) -> list[Any]:
+    return [item.get("id") if isinstance(item, Mapping) else None for item in items]
+
+
+class SugerClient(JsonApiClient):
+    """Suger API client for one organization; see the module docstring for the retry-safety argument."""
+
+    def __init__(
+        self,
+        base_url: str,
+        org_id: str,
+        api_key: str | SecretStr,
+        *,
+        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        page_limit: int = 1000,
+        max_workers: int = 8,
+        user_agent: str = DEFAULT_USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not org_id or not org_id.strip():
+            raise ValueError("Suger org_id is empty")
+        if not 1 <= page_limit <= MAX_PAGE_LIMIT:
+            raise ValueError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
+        raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else str(api_key)
+        if not raw.strip():
+            raise ValueError("Suger API key is empty")
+        super().__init__(
+            base_url,
+            SecretStr(f"Key {raw.strip()}"),
+            service="suger",
+            timeout=timeout,
+            retry=retry,
+            user_agent=user_agent,
+            sleep=sleep,
+            clock=clock,
+            transport=transport,
+        )
+        self.org_id = org_id.strip()
+        self.page_limit = page_limit
+        self.max_workers = max_workers
+
+    def __repr__(self) -> str:
+        return f"SugerClient(base_url={self.base_url!r}, org_id={self.org_id!r})"
+
+    def _org(self, suffix: str) -> str:
+        return f"/org/{_seg(self.org_id)}{suffix}"
+
+    # -- paging ----------------------------------------------------------------------------------------------
+
+    def _offset_pages(
+        self, path: str, adapter: TypeAdapter[list[M]], params: Mapping[str, Any] | None = None
+    ) -> Iterator[M]:
+        """Plain-array lists: ``limit``/``offset`` until a short page (Go's ``null`` counts as empty)."""
+        offset = 0
+        previous_ids: list[Any] | None = None
+        for _ in range(_MAX_PAGES):
+            data = self.request("GET", path, params={**(params or {}), "limit": self.page_limit, "offset": offset})
+            if data is None:
+                data = []
+            if not isinstance(data, list):
+                raise self.malformed("GET", path, "expected a JSON array")
+            ids = _item_ids(data)
+            if data and ids == previous_ids:
+                raise self.malformed("GET", path, f"offset {offset} returned the previous page again")
+            yield from self.parse_model(adapter, data, "GET", path)
+            if len(data) < self.page_limit:
+                return
+            previous_ids = ids
+            offset += len(data)
+        raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
+
+    # -- buyers ----------------------------------------------------------------------------------------------
+
+    def list_buyers(self) -> list[Buyer]:
+        """Every buyer of the org (Suger cannot filter by Metronome id; index client-side)."""
+        return list(self._offset_pages(self._org("/buyer"), _BUYERS))
+
+    def get_buyer(self, buyer_id: str) -> Buyer:
+        path = self._org(f"/buyer/{_seg(buyer_id)}")
+        return self.parse_model(_BUYER, self.request("GET", path), "GET", path)
+
+    def link_metronome_customer(self, buyer_id: str, metronome_customer_id: str) -> Buyer:
+        """Suger's "Connect Metronome Customer": set ``info.metronomeCustomerId`` (idempotent PATCH)."""
+        if not metronome_customer_id:
+            raise ValueError("metronome_customer_id must be non-empty")
+        path = self._org(f"/buyer/{_seg(buyer_id)}")
+        data = self.request("PATCH", path, json={"metronomeCustomerId": metronome_customer_id})
+        return self.parse_model(_BUYER, data, "PATCH", path)
+
+    # -- entitlements ----------------------------------------------------------------------------------------
+
+    def list_entitlements(self, *, buyer_id: str | None = None, partner: str | None = None) -> list[Entitlement]:
+        """Entitlements, optionally of one buyer and/or one marketplace (``AWS``/``AZURE``/``GCP``)."""
+        params = {"buyerId": buyer_id or None, "partner": partner or None}
+        return list(self._offset_pages(self._org("/entitlement"), _ENTITLEMENTS, params))
+
+    def list_entitlements_for_buyers(self, buyer_ids: Sequence[str]) -> dict[str, list[Entitlement]]:
+        """:meth:`list_entitlements` per buyer on at most ``max_workers`` threads (input order kept)."""
+        unique = list(dict.fromkeys(buyer_ids))
+        results = map_bounded(lambda b: self.list_entitlements(buyer_id=b), unique, max_workers=self.max_workers)
+        return dict(zip(unique, results))
+
+    # -- usage record groups ---------------------------------------------------------------------------------
+
+    def report_usage_record_group(self, group: NewUsageRecordGroup) -> ReportResult:
+        """Report one group. 409 (id already known) is success: ``duplicate``. Any other non-2xx
+        raises the typed :class:`ApiError` (a 400's ``message`` is Suger's reason, worth recording)."""
+        if group.organizationID != self.org_id:
+            raise ValueError(
+                f"group organizationID {group.organizationID!r} is not this client's org {self.org_id!r}"
+            )
+        path = self._org(f"/entitlement/{_seg(group.entitlementID)}/usageRecordGroup")
+        try:
+            data = self.request("POST", path, json=group.to_body())
+        except ConflictError as exc:
+            return ReportResult(outcome="duplicate", group=None, message=exc.message)
+        stored = self.parse_model(_GROUP, data, "POST", path) if data is not None else None
+        return ReportResult(outcome="created", group=stored, message=None)
+
+    def validate_usage_record_groups(self, groups: Sequence[NewUsageRecordGroup]) -> str | None:
+        """Dry-run validation: None when Suger accepts every group, else Suger's problem description."""
+        if not groups:
+            return None
+        path = self._org("/batchValidateUsageRecordGroups")
+        try:
+            data = self.request("POST", path, json=[g.to_batch_item() for g in groups])
+        except BadRequestError as exc:
+            return _problem_text(exc)
+        if data is None or data == "":
+            return None
+        return data if isinstance(data, str) else str(data)
+
+    def list_usage_record_groups(
+        self,
+        *,
+        entitlement_id: str | None = None,
+        status: str | None = None,
+        start_date: date | None = None,
+        end_date: date | None = None,
+    ) -> list[UsageRecordGroup]:
+        """Stored groups (Suger's default window is the last 30 days), paging on ``offset``/``nextOffset``."""
+        path = self._org("/usageRecordGroup")
+        base = {
+            "entitlementId": entitlement_id or None,
+            "status": status or None,
+            "startDate": start_date,
+            "endDate": end_date,
+        }
+        out: list[UsageRecordGroup] = []
+        offset = 0
+        for _ in range(_MAX_PAGES):
+            payload = self.request("GET", path, params={**base, "limit": self.page_limit, "offset": offset})
+            if not isinstance(payload, Mapping):
+                raise self.malformed("GET", path, "expected a JSON object with 'usageRecordGroups'")
+            items = payload.get("usageRecordGroups")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                raise self.malformed("GET", path, "'usageRecordGroups' must be an array")
+            out.extend(self.parse_model(_GROUPS, items, "GET", path, loc_prefix="usageRecordGroups"))
+            next_offset = payload.get("nextOffset")
+            if not items:
+                break
+            if isinstance(next_offset, int) and not isinstance(next_offset, bool):
+                if next_offset <= offset:  # 0 (Suger's "nothing left") or not advancing
+                    break
+                offset = next_offset
+            elif len(items) < self.page_limit:
+                break
+            else:
+                offset += len(items)
+        else:
+            raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
+        return out
+
+    def retry_usage_record_group(self, group_id: str) -> UsageRecordGroup:
+        """Put a ``REPORT_FAILED`` group back to ``CREATED`` for Suger's next hourly report."""
+        path = self._org(f"/usageRecordGroup/{_seg(group_id)}/retry")
+        return self.parse_model(_GROUP, self.request("POST", path), "POST", path)
+
+    # -- metering config -------------------------------------------------------------------------------------
+
+    def get_usage_metering_config(self) -> UsageMeteringConfigInfo:
+        """The org's own dimension mapping per partner (if enabled, Suger converts records a second time)."""
+        path = self._org("/usageMeteringConfigInfo")
+        data = self.request("GET", path)
+        return self.parse_model(_CONFIG, data if data is not None else {}, "GET", path)

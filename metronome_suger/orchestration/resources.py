@@ -1,0 +1,65 @@
+"""Dagster resources: thin holders of settings that build the plain clients and DuckDB connections.
+
+Tokens arrive as ``dg.EnvVar`` values, resolved when a run starts, so they never enter definition
+snapshots, the UI or metadata; definitions load without them.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.suger import SugerClient
+from metronome_suger.core.windows import utc
+from metronome_suger.storage.db import connect
+
+
+class MetronomeResource(dg.ConfigurableResource):
+    """Metronome API access (``Authorization: Bearer``)."""
+
+    base_url: str = Field(description="Metronome API base URL")
+    api_token: str = Field(description="Metronome API token; pass dg.EnvVar(<name>)")
+    max_workers: int = Field(default=8, description="Bound on concurrent per-customer calls")
+
+    def get_client(self) -> MetronomeClient:
+        return MetronomeClient(self.base_url, self.api_token, max_workers=self.max_workers)
+
+
+class SugerResource(dg.ConfigurableResource):
+    """Suger API access (``Authorization: Key``) for one organization."""
+
+    base_url: str = Field(description="Suger API base URL")
+    org_id: str = Field(description="Suger organization id")
+    api_key: str = Field(description="Suger API key; pass dg.EnvVar(<name>)")
+    max_workers: int = Field(default=8, description="Bound on concurrent per-buyer calls")
+
+    def get_client(self) -> SugerClient:
+        return SugerClient(self.base_url, self.org_id, self.api_key)
+
+
+class SafeDuckDBResource(DuckDBResource):
+    """``DuckDBResource`` that always closes its connection (the upstream one leaks the file lock
+    when the block raises) and can open read-only for readers such as checks."""
+
+    read_only: bool = Field(default=False, description="Open the file read-only")
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:  # type: ignore[override]
+        with connect(self.database, read_only=self.read_only) as conn:
+            yield conn
+
+
+class ClockResource(dg.ConfigurableResource):
+    """The time the pipeline believes it is: real UTC time unless frozen (tests, replays)."""
+
+    frozen_at: str | None = Field(default=None, description="ISO-8601 instant to use instead of now")
+
+    def now(self) -> datetime:
+        if self.frozen_at:
+            return utc(datetime.fromisoformat(self.frozen_at.replace("Z", "+00:00")))
+        return datetime.now(timezone.utc)

@@ -1,0 +1,237 @@
+"""Invoice operations of `MetronomeState` (a mixin, to keep each module small).
+
+Relies on the host class for the lock, the clock, customers, id generation and hourly usage.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from abc import abstractmethod
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from metronome_suger.sandbox.clock import SandboxClock
+from metronome_suger.sandbox.constants import USD_CREDIT_TYPE
+from metronome_suger.sandbox.metronome_invoices import (
+    Credit,
+    InvoiceRecord,
+    PricedMetric,
+    price_invoice,
+    render_invoice,
+)
+from metronome_suger.sandbox.wire import add_months, fmt, month_start, to_decimal
+
+
+def _utc(dt: datetime, what: str) -> datetime:
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return dt.astimezone(timezone.utc)
+
+
+class InvoicesMixin:
+    """Invoices: explicit, monthly (created as months begin), credits, explicit totals, void."""
+
+    clock: SandboxClock
+    _lock: threading.RLock
+    _id_ns: uuid.UUID
+    _customers: dict[str, dict[str, Any]]
+    _invoices: dict[str, InvoiceRecord]
+    _monthly: list[tuple[str, dict[str, str], timedelta, datetime]]
+
+    @abstractmethod
+    def new_id(self) -> str: ...
+
+    @abstractmethod
+    def _priced_metrics(self) -> list[PricedMetric]: ...
+
+    @abstractmethod
+    def _hour_value(self, customer_id: str, metric_id: str, hour: datetime) -> Decimal | None: ...
+
+    def add_invoice(
+        self,
+        customer_id: str,
+        *,
+        period_start: datetime,
+        period_end: datetime,
+        id: str | None = None,
+        type: str = "USAGE",
+        credit_type: dict[str, str] = USD_CREDIT_TYPE,
+        grace: timedelta = timedelta(hours=24),
+        created_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Add an invoice priced from usage (until `set_invoice_total` gives it a timeline)."""
+        start, end = _utc(period_start, "period_start"), _utc(period_end, "period_end")
+        if end <= start:
+            raise ValueError("period_end must be after period_start")
+        with self._lock:
+            if customer_id not in self._customers:
+                raise KeyError(f"unknown customer {customer_id}")
+            invoice_id = id or self.new_id()
+            if invoice_id in self._invoices:
+                raise ValueError(f"invoice {invoice_id} already exists")
+            created = _utc(created_at, "created_at") if created_at else start
+            record = InvoiceRecord(invoice_id, customer_id, start, end, type, dict(credit_type), grace, created)
+            self._invoices[invoice_id] = record
+            return self._render(record)
+
+    def add_monthly_invoices(
+        self,
+        customer_id: str,
+        *,
+        first_period_start: datetime,
+        credit_type: dict[str, str] = USD_CREDIT_TYPE,
+        grace: timedelta = timedelta(hours=24),
+    ) -> list[dict[str, Any]]:
+        """One USAGE invoice per calendar month from `first_period_start` on, each created when its
+        month begins (also later, as the clock advances). Returns those that exist now."""
+        first = month_start(_utc(first_period_start, "first_period_start"))
+        with self._lock:
+            if customer_id not in self._customers:
+                raise KeyError(f"unknown customer {customer_id}")
+            self._monthly.append((customer_id, dict(credit_type), grace, first))
+            self._materialize()
+            return [
+                self._render(r)
+                for r in self._invoices.values()
+                if r.customer_id == customer_id and r.credit_type["id"] == credit_type["id"]
+                and r.corrects is None and r.period_start >= first
+            ]
+
+    def _materialize(self) -> None:
+        """Create the monthly invoices whose month has begun (ids derived, not drawn: order-free)."""
+        now = self.clock.now()
+        for customer_id, credit_type, grace, first in self._monthly:
+            month = first
+            while month <= now:
+                invoice_id = str(uuid.uuid5(self._id_ns, f"{customer_id}|{credit_type['id']}|{fmt(month)}"))
+                if invoice_id not in self._invoices:
+                    self._invoices[invoice_id] = InvoiceRecord(
+                        invoice_id, customer_id, month, add_months(month, 1), "USAGE",
+                        dict(credit_type), grace, month,
+                    )
+                month = add_months(month, 1)
+
+    def set_invoice_total(self, invoice_id: str, total_cents: Decimal | int, *, effective_at: datetime) -> None:
+        """Give the invoice an explicit total from `effective_at` on (replaces usage pricing)."""
+        with self._lock:
+            record = self._invoice(invoice_id)
+            if record.timeline is None:
+                record.timeline = []
+            record.timeline.append((_utc(effective_at, "effective_at"), to_decimal(total_cents)))
+
+    def add_credit(self, customer_id: str, invoice_id: str, cents: Decimal | int, *, effective_at: datetime) -> str:
+        """A credit that lowers the invoice total from `effective_at` on; returns the credit id."""
+        with self._lock:
+            record = self._invoice(invoice_id)
+            if record.customer_id != customer_id:
+                raise ValueError(f"invoice {invoice_id} does not belong to customer {customer_id}")
+            credit_id = self.new_id()
+            record.credits.append(Credit(credit_id, to_decimal(cents), _utc(effective_at, "effective_at")))
+            return credit_id
+
+    def void_invoice(self, invoice_id: str, *, at: datetime, reissue: bool = True) -> dict[str, Any] | None:
+        """From `at` on the invoice is VOID (total frozen); a re-issue continues the same period."""
+        void_at = _utc(at, "at")
+        with self._lock:
+            record = self._invoice(invoice_id)
+            if record.void_at is not None:
+                raise ValueError(f"invoice {invoice_id} is already void")
+            record.void_at = void_at
+            if not reissue:
+                return None
+            new = InvoiceRecord(
+                self.new_id(), record.customer_id, record.period_start, record.period_end, record.type,
+                dict(record.credit_type), record.grace, max(void_at, record.created_at),
+                timeline=list(record.timeline) if record.timeline is not None else None,
+                credits=list(record.credits), corrects=record.id,
+            )
+            record.reissued_as = new.id
+            self._invoices[new.id] = new
+            return self._render(new)
+
+    def get_invoice(self, invoice_id: str, *, skip_zero_qty_line_items: bool = False) -> dict[str, Any] | None:
+        """The invoice as of now, or None if unknown or not yet created."""
+        with self._lock:
+            self._materialize()
+            record = self._invoices.get(invoice_id)
+            if record is None or not record.visible(self.clock.now()):
+                return None
+            return self._render(record, skip_zero_qty_line_items=skip_zero_qty_line_items)
+
+    def invoices(self, customer_id: str, *, skip_zero_qty_line_items: bool = False) -> list[dict[str, Any]]:
+        """The customer's invoices visible now, in creation order."""
+        with self._lock:
+            self._materialize()
+            now = self.clock.now()
+            return [
+                self._render(r, skip_zero_qty_line_items=skip_zero_qty_line_items)
+                for r in self._invoices.values()
+                if r.customer_id == customer_id and r.visible(now)
+            ]
+
+    def invoice_total(self, invoice_id: str, *, as_of: datetime | None = None) -> Decimal:
+        """Exact total (credit-type units) as it would be served at `as_of` (default: now)."""
+        with self._lock:
+            record = self._invoice(invoice_id)
+            when = _utc(as_of, "as_of") if as_of else self.clock.now()
+            return price_invoice(record, when, self._priced_metrics(), self._hour_value)[2]
+
+    def breakdown_keys(
+        self,
+        customer_id: str,
+        windows: list[tuple[datetime, datetime]],
+        *,
+        status: str | None = None,
+        credit_type_id: str | None = None,
+    ) -> list[tuple[str, datetime, datetime]]:
+        """(invoice id, window) for each non-VOID visible invoice and window inside its period.
+
+        Cheap (no pricing), so a listing can page over keys and price only one page."""
+        with self._lock:
+            self._materialize()
+            now = self.clock.now()
+            out = []
+            for start, end in windows:
+                for record in self._invoices.values():
+                    current = record.status(now)
+                    if (
+                        record.customer_id != customer_id
+                        or not record.visible(now)
+                        or current == "VOID"
+                        or (status is not None and current != status)
+                        or (credit_type_id is not None and record.credit_type["id"] != credit_type_id)
+                    ):
+                        continue
+                    if start >= record.period_start and end <= record.period_end:
+                        out.append((record.id, start, end))
+            return out
+
+    def breakdown(
+        self, invoice_id: str, start: datetime, end: datetime, *, skip_zero_qty_line_items: bool = False
+    ) -> dict[str, Any]:
+        """The BreakdownInvoice of one invoice for the window [start, end), as of now."""
+        with self._lock:
+            return self._render(
+                self._invoice(invoice_id), window=(start, end), skip_zero_qty_line_items=skip_zero_qty_line_items
+            )
+
+    def _invoice(self, invoice_id: str) -> InvoiceRecord:
+        self._materialize()
+        try:
+            return self._invoices[invoice_id]
+        except KeyError:
+            raise KeyError(f"unknown invoice {invoice_id}") from None
+
+    def _render(
+        self,
+        record: InvoiceRecord,
+        *,
+        window: tuple[datetime, datetime] | None = None,
+        skip_zero_qty_line_items: bool = False,
+    ) -> dict[str, Any]:
+        return render_invoice(
+            record, self.clock.now(), self._priced_metrics(), self._hour_value,
+            window=window, skip_zero_qty_line_items=skip_zero_qty_line_items,
+        )

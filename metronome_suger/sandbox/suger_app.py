@@ -1,0 +1,259 @@
+"""The Suger API emulator: the metering, buyer and entitlement routes of api.suger.cloud over a SugerState.
+
+Route names, query parameters and JSON shapes follow the official OpenAPI spec (as generated into
+``suger_sdk_python``) so that the real SDK, and our own client, can talk to it unchanged. Choices where
+the spec is silent:
+
+* auth: ``Authorization: Key <api key>`` only; anything else is 401 ``{"message": ...}``;
+* a path org id other than the state's is **403** (the key belongs to one org), ``{"message": ...}``;
+* every other error is ``{"message": ...}`` JSON, except ``batchValidateUsageRecordGroups``, which
+  answers 200 with an empty ``text/plain`` body, or 400 with the problem as a ``text/plain`` body;
+* list ``limit`` outside 1..1000 or a non-integer ``limit``/``offset`` is 400;
+* DELETED groups are listed only when ``status=DELETED`` is asked for; their ids stay taken (409).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from metronome_suger.sandbox.suger_state import GROUP_STATUSES, PARTNERS, SugerError, SugerState
+
+Handler = Callable[[Request], Awaitable[Any]]
+_GROUP_SELECTORS = {"partner": "partner", "productId": "productID",
+                    "entitlementId": "entitlementID", "buyerId": "buyerID"}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"message": message}, status_code=status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _json_body(request: Request) -> Any:
+    """Parse the body with Decimal floats (no float rounding of quantities); bad JSON is 400."""
+    raw = await request.body()
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise SugerError(400, "request body is not valid JSON") from None
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SugerError(400, f"{name} must be an integer, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        raise SugerError(400, f"{name} must be between {low} and {high}" if high else
+                         f"{name} must be at least {low}")
+    return value
+
+
+def _date_param(request: Request, name: str) -> date | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise SugerError(400, f"{name} must be a date in YYYY-MM-DD format, got {raw!r}") from None
+
+
+def _enum_param(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name) or None
+    if value is not None and value not in allowed:
+        raise SugerError(400, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _page(request: Request, items: list[Any]) -> tuple[list[Any], int]:
+    """Slice by ``limit``/``offset``; also return the next offset (0 when nothing is left)."""
+    limit = _int_param(request, "limit", 1000, 1, 1000)
+    offset = _int_param(request, "offset", 0, 0)
+    page = items[offset:offset + limit]
+    end = offset + len(page)
+    return page, end if end < len(items) else 0
+
+
+def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
+    """Build the emulator app; every handled request first catches up Suger's hourly forwarder."""
+
+    def guarded(handler: Handler, *, plain_errors: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "key" or not hmac.compare_digest(token.encode(), api_key.encode()):
+                return _error(401, "unauthorized: send the header 'Authorization: Key <api key>'")
+            org_id = request.path_params["orgId"]
+            if org_id != state.org_id:
+                return _error(403, f"the API key has no access to organization {org_id}")
+            state.tick()
+            try:
+                result = await handler(request)
+            except SugerError as exc:
+                if plain_errors:
+                    return PlainTextResponse(exc.message, status_code=exc.status)
+                return _error(exc.status, exc.message)
+            return result if isinstance(result, Response) else JSONResponse(result)
+        return endpoint
+
+    # -- buyers -----------------------------------------------------------------------------------
+    async def list_buyers(request: Request) -> Any:
+        partner = _enum_param(request, "partner", PARTNERS)
+        return _page(request, state.buyers(partner=partner))[0]
+
+    async def get_buyer(request: Request) -> Any:
+        return state.get_buyer(request.path_params["buyerId"])
+
+    async def update_buyer(request: Request) -> Any:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise SugerError(400, "UpdateBuyerParams must be a JSON object")
+        return state.update_buyer(request.path_params["buyerId"], body)
+
+    # -- entitlements -----------------------------------------------------------------------------
+    async def list_entitlements(request: Request) -> Any:
+        q = request.query_params
+        found = state.entitlements(
+            buyerID=q.get("buyerId") or None, partner=_enum_param(request, "partner", PARTNERS),
+            productID=q.get("productId") or None, offerID=q.get("offerId") or None)
+        return _page(request, found)[0]
+
+    async def get_entitlement(request: Request) -> Any:
+        return state.get_entitlement(request.path_params["entitlementId"])
+
+    async def list_terms(request: Request) -> Any:
+        return state.entitlement_terms(request.path_params["entitlementId"])
+
+    async def get_term(request: Request) -> Any:
+        term_id = request.path_params["entitlementTermId"]
+        for term in state.entitlement_terms(request.path_params["entitlementId"]):
+            if term["id"] == term_id:
+                return term
+        raise SugerError(404, f"entitlement term {term_id} not found")
+
+    async def product_dimensions(request: Request) -> Any:
+        return state.product_dimensions(request.path_params["productId"])
+
+    # -- reporting --------------------------------------------------------------------------------
+    async def report_group(request: Request) -> Any:
+        ent_id = request.path_params["entitlementId"]
+        body = await _json_body(request)
+        state.get_entitlement(ent_id)  # 404 before anything else
+        state.check_rejection([ent_id])
+        if not isinstance(body, dict):
+            raise SugerError(400, "CreateUsageRecordGroupParams must be a JSON object")
+        group_id = state.check_new_id(body.get("id"))  # a repeat is 409 whatever the rest says
+        if body.get("organizationID") != state.org_id:
+            raise SugerError(400, f"organizationID {body.get('organizationID')!r} does not match "
+                                  f"the path organization {state.org_id}")
+        return state.store_group(state.prepare_group(body, entitlement_id=ent_id), group_id)
+
+    def prepare_batch(body: Any) -> list[dict[str, Any]]:
+        if not isinstance(body, list):
+            raise SugerError(400, "the body must be a JSON array of NewUsageRecordGroup")
+        # Messages are the single-report ones verbatim (clients match the all-zero text).
+        return [state.prepare_group(item) for item in body]
+
+    async def batch_create(request: Request) -> Any:
+        body = await _json_body(request)
+        if isinstance(body, list):
+            state.check_rejection(dict.fromkeys(
+                i["entitlementID"] for i in body if isinstance(i, dict) and isinstance(i.get("entitlementID"), str)))
+        return [state.store_group(group) for group in prepare_batch(body)]
+
+    async def batch_validate(request: Request) -> Any:
+        prepare_batch(await _json_body(request))
+        return PlainTextResponse("", status_code=200)
+
+    # -- record groups ----------------------------------------------------------------------------
+    async def list_groups(request: Request) -> Any:
+        q = request.query_params
+        selectors = {field: q[name] for name, field in _GROUP_SELECTORS.items() if q.get(name)}
+        if len(selectors) > 1:
+            raise SugerError(400, "provide only one (or none) of partner, productId, entitlementId, buyerId")
+        if "partner" in selectors:
+            _enum_param(request, "partner", PARTNERS)
+        end = _date_param(request, "endDate") or state.now().date()
+        start = _date_param(request, "startDate") or end - timedelta(days=30)
+        if start > end:
+            raise SugerError(400, "startDate must not be after endDate")
+        found = state.list_groups(start=start, end=end, status=_enum_param(request, "status", GROUP_STATUSES),
+                                  source=q.get("source") or None, **selectors)
+        page, next_offset = _page(request, found)
+        return {"usageRecordGroups": page, "nextOffset": next_offset}
+
+    def located_group(request: Request) -> str:
+        """The path's group id, checked against the optional ``creationDate`` hint."""
+        group_id = request.path_params["usageRecordGroupId"]
+        group = state.group(group_id)
+        created = _date_param(request, "creationDate")
+        if created is not None and group["creationTime"][:10] != created.isoformat():
+            raise SugerError(404, f"usage record group {group_id} not found on {created.isoformat()}")
+        return group_id
+
+    async def retry_group(request: Request) -> Any:
+        return state.retry_group(located_group(request))
+
+    async def delete_group(request: Request) -> Any:
+        return state.delete_group(located_group(request))
+
+    # -- metering config --------------------------------------------------------------------------
+    async def get_config(request: Request) -> Any:
+        return state.metering_config()
+
+    async def update_config(request: Request) -> Any:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise SugerError(400, "UsageMeteringConfigInfo must be a JSON object")
+        state.set_metering_config(body)
+        return state.metering_config()
+
+    org = "/org/{orgId}"
+    routes = [
+        Route(f"{org}/buyer", guarded(list_buyers), methods=["GET"]),
+        Route(f"{org}/buyer/{{buyerId}}", guarded(get_buyer), methods=["GET"]),
+        Route(f"{org}/buyer/{{buyerId}}", guarded(update_buyer), methods=["PATCH"]),
+        Route(f"{org}/entitlement", guarded(list_entitlements), methods=["GET"]),
+        Route(f"{org}/entitlement/{{entitlementId}}", guarded(get_entitlement), methods=["GET"]),
+        Route(f"{org}/entitlement/{{entitlementId}}/entitlementTerm", guarded(list_terms), methods=["GET"]),
+        Route(f"{org}/entitlement/{{entitlementId}}/entitlementTerm/{{entitlementTermId}}",
+              guarded(get_term), methods=["GET"]),
+        Route(f"{org}/entitlement/{{entitlementId}}/usageRecordGroup", guarded(report_group),
+              methods=["POST"]),
+        Route(f"{org}/batchCreateUsageRecordGroups", guarded(batch_create), methods=["POST"]),
+        Route(f"{org}/batchValidateUsageRecordGroups", guarded(batch_validate, plain_errors=True),
+              methods=["POST"]),
+        Route(f"{org}/usageRecordGroup", guarded(list_groups), methods=["GET"]),
+        Route(f"{org}/usageRecordGroup/{{usageRecordGroupId}}", guarded(delete_group), methods=["DELETE"]),
+        Route(f"{org}/usageRecordGroup/{{usageRecordGroupId}}/retry", guarded(retry_group),
+              methods=["POST"]),
+        Route(f"{org}/usageMeteringConfigInfo", guarded(get_config), methods=["GET"]),
+        Route(f"{org}/usageMeteringConfigInfo", guarded(update_config), methods=["PATCH"]),
+        Route(f"{org}/product/{{productId}}/dimension", guarded(product_dimensions), methods=["GET"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown routes and methods answer in the same ``{"message"}`` shape as the API."""
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, 500: server_error})

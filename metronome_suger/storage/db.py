@@ -1,0 +1,103 @@
+"""DuckDB access that always closes (the file lock must not outlive a failed step) and the schema."""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from metronome_suger.storage.schema import SCHEMA
+
+QTY = "DECIMAL(38,10)"
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+@retry(
+    retry=retry_if_exception(_is_lock_error),
+    wait=wait_exponential_jitter(initial=0.1, max=5),
+    stop=stop_after_delay(120),
+    reraise=True,
+)
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Another process may hold the file lock for a moment (a run, the UI's reader): wait for it."""
+    return duckdb.connect(str(path), read_only=read_only)
+
+
+@contextmanager
+def connect(path: str | Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open, ensure the schema (writers only), yield, and close even when the body raises."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _open(path, read_only)
+    try:
+        if not read_only:
+            ensure_schema(conn)
+        conn.execute("SET TimeZone = 'UTC'")
+        yield conn
+    finally:
+        conn.close()
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def bulk_insert(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: dict[str, str],
+    rows: Iterable[Sequence[Any]],
+) -> int:
+    """Insert many rows in one set-based statement via a temporary NDJSON file.
+
+    Decimals travel as strings and are cast by DuckDB, so no value passes through a float.
+    """
+    names = list(columns)
+    count = 0
+    fd, tmp = tempfile.mkstemp(suffix=".ndjson", prefix="metronome_suger_")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps({n: _jsonable(v) for n, v in zip(names, row)}))
+                out.write("\n")
+                count += 1
+        if count:
+            spec = ", ".join(f"'{n}': 'VARCHAR'" for n in names)
+            select = ", ".join(f"CAST({n} AS {t}) AS {n}" for n, t in columns.items())
+            conn.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} "
+                f"FROM read_json(?, format='newline_delimited', columns={{{spec}}})",
+                [tmp],
+            )
+    finally:
+        os.unlink(tmp)
+    return count
+
+
+def table_markdown(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (), limit: int = 20) -> str:
+    """A small markdown preview of a query, for Dagster metadata."""
+    cur = conn.execute(f"SELECT * FROM ({sql}) LIMIT {int(limit)}", list(params))
+    headers = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

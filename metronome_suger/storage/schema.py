@@ -1,0 +1,69 @@
+"""Tables of CONTRACT §7. Snapshot tables keep history (one row set per ``snapshot_at``)."""
+
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS customers (
+        snapshot_at TIMESTAMPTZ NOT NULL, customer_id VARCHAR NOT NULL, name VARCHAR,
+        external_id VARCHAR, archived BOOLEAN NOT NULL,
+        PRIMARY KEY (snapshot_at, customer_id))""",
+    """CREATE TABLE IF NOT EXISTS billable_metrics (
+        snapshot_at TIMESTAMPTZ NOT NULL, metric_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
+        aggregation_type VARCHAR, archived BOOLEAN NOT NULL, whitelisted BOOLEAN NOT NULL,
+        PRIMARY KEY (snapshot_at, metric_id))""",
+    """CREATE TABLE IF NOT EXISTS entitlements (
+        snapshot_at TIMESTAMPTZ NOT NULL, metronome_customer_id VARCHAR NOT NULL,
+        buyer_id VARCHAR, entitlement_id VARCHAR NOT NULL, partner VARCHAR NOT NULL,
+        status VARCHAR, start_time TIMESTAMPTZ, end_time TIMESTAMPTZ, term_id VARCHAR,
+        link_source VARCHAR NOT NULL,
+        PRIMARY KEY (snapshot_at, metronome_customer_id, entitlement_id))""",
+    """CREATE TABLE IF NOT EXISTS entitlement_dimensions (
+        snapshot_at TIMESTAMPTZ NOT NULL, entitlement_id VARCHAR NOT NULL,
+        dimension_key VARCHAR NOT NULL, dimension_name VARCHAR, rate DECIMAL(38,10))""",
+    """CREATE TABLE IF NOT EXISTS usage (
+        window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL,
+        customer_id VARCHAR NOT NULL, metric_id VARCHAR NOT NULL, metric_name VARCHAR,
+        value DECIMAL(38,10), value_was_null BOOLEAN NOT NULL, fetched_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (window_start, customer_id, metric_id))""",
+    """CREATE TABLE IF NOT EXISTS invoice_snapshots (
+        window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL,
+        customer_id VARCHAR NOT NULL, invoice_id VARCHAR NOT NULL, invoice_type VARCHAR,
+        status VARCHAR, credit_type_id VARCHAR, credit_type_name VARCHAR,
+        period_start TIMESTAMPTZ, period_end TIMESTAMPTZ, total_cents DECIMAL(38,10),
+        fetched_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (window_start, customer_id, invoice_id))""",
+    """CREATE TABLE IF NOT EXISTS invoice_high_water (
+        history_key VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, window_start TIMESTAMPTZ NOT NULL,
+        invoice_id VARCHAR, period_start TIMESTAMPTZ, observed_cents DECIMAL(38,10) NOT NULL,
+        high_water_cents DECIMAL(38,10) NOT NULL, increase_cents DECIMAL(38,10) NOT NULL,
+        PRIMARY KEY (history_key, window_start))""",
+    """CREATE TABLE IF NOT EXISTS usage_records (
+        record_group_id VARCHAR NOT NULL, revision INTEGER NOT NULL,
+        window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL,
+        entitlement_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, partner VARCHAR NOT NULL,
+        source_key VARCHAR NOT NULL, origin_quantity DECIMAL(38,10) NOT NULL,
+        dimension_key VARCHAR NOT NULL, mapping_mode VARCHAR NOT NULL, multiplier DECIMAL(38,10),
+        rate DECIMAL(38,10), quantity DECIMAL(38,10) NOT NULL, computed_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS report_ledger (
+        record_group_id VARCHAR PRIMARY KEY, revision INTEGER NOT NULL,
+        window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL,
+        entitlement_id VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, partner VARCHAR NOT NULL,
+        timestamp TIMESTAMPTZ NOT NULL, records JSON NOT NULL, dollars DECIMAL(38,10),
+        status VARCHAR NOT NULL CHECK (status IN ('pending','sent','accepted','rejected','expired')),
+        suger_status VARCHAR, message VARCHAR, attempts INTEGER NOT NULL DEFAULT 0,
+        retries INTEGER NOT NULL DEFAULT 0,
+        created_at TIMESTAMPTZ NOT NULL, sent_at TIMESTAMPTZ, answered_at TIMESTAMPTZ,
+        updated_at TIMESTAMPTZ NOT NULL)""",
+    # The records of each group, one row per dimension: what was (or will be) sent, summable in SQL.
+    """CREATE TABLE IF NOT EXISTS report_lines (
+        record_group_id VARCHAR NOT NULL, dimension_key VARCHAR NOT NULL,
+        quantity DECIMAL(38,10) NOT NULL, PRIMARY KEY (record_group_id, dimension_key))""",
+    # Converted totals that fell after they were reported: recorded, never sent as a negative.
+    """CREATE TABLE IF NOT EXISTS over_reported (
+        window_start TIMESTAMPTZ NOT NULL, entitlement_id VARCHAR NOT NULL,
+        dimension_key VARCHAR NOT NULL, reported DECIMAL(38,10) NOT NULL,
+        current DECIMAL(38,10) NOT NULL, observed_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (window_start, entitlement_id, dimension_key))""",
+    "CREATE MACRO IF NOT EXISTS exact_div(a, b) AS "
+    "CAST(CAST(CAST(a AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) * 10000000000 "
+    "// CAST(CAST(b AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) AS DECIMAL(38,0)) "
+    "* CAST(0.0000000001 AS DECIMAL(38,10))",
+)

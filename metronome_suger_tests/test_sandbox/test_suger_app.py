@@ -1,0 +1,487 @@
+"""The Suger emulator over real HTTP on 127.0.0.1: routes, error shapes, paging and the status lifecycle."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from metronome_suger.sandbox.clock import SandboxClock
+from metronome_suger.sandbox.suger_app import create_suger_app
+from metronome_suger.sandbox.suger_state import ALL_ZERO_MESSAGE, SugerError, SugerState
+
+ORG = "org-test"
+KEY = "test-key"
+NOW = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc)
+DIMS = [{"key": "cpu_hour", "name": "CPU hours", "rate": 0.25},
+        {"key": "usage_fee", "name": "Usage fee", "rate": 0.01}]
+
+
+@contextmanager
+def serve(state: SugerState, api_key: str = KEY) -> Iterator[str]:
+    """Serve the app with uvicorn in a thread; the socket listens before the thread starts, so
+    requests queue in the backlog instead of needing a readiness wait."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(create_suger_app(state, api_key=api_key),
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@dataclass
+class Env:
+    """One emulator: its state, clock, an authorized HTTP client, and a staged buyer + entitlement."""
+
+    state: SugerState
+    clock: SandboxClock
+    url: str
+    http: httpx.Client
+    buyer: dict[str, Any]
+    ent: dict[str, Any]
+
+    def report(self, records: dict[str, Any], *, ent_id: str | None = None, **extra: Any) -> httpx.Response:
+        ent_id = ent_id or self.ent["id"]
+        body = {"organizationID": ORG, "entitlementID": ent_id, "records": records, **extra}
+        return self.http.post(f"/org/{ORG}/entitlement/{ent_id}/usageRecordGroup", json=body)
+
+    def list_groups(self, **params: Any) -> dict[str, Any]:
+        response = self.http.get(f"/org/{ORG}/usageRecordGroup", params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def status_of(self, group_id: str) -> str:
+        groups = self.list_groups(entitlementId=self.ent["id"])["usageRecordGroups"]
+        return next(g["status"] for g in groups if g["id"] == group_id)
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    clock = SandboxClock(NOW)
+    state = SugerState(ORG, clock)
+    buyer = state.add_buyer("Acme", partner="AWS", metronome_customer_id="cust-acme")
+    ent = state.add_entitlement(buyer["id"], partner="AWS", dimensions=DIMS, product_id="prod-1")
+    with serve(state) as url, httpx.Client(base_url=url, headers={"Authorization": f"Key {KEY}"},
+                                           timeout=10) as http:
+        yield Env(state, clock, url, http, buyer, ent)
+
+
+# -- auth, org, routing -------------------------------------------------------------------------
+@pytest.mark.parametrize("header", [None, "Key wrong", f"Bearer {KEY}", KEY])
+def test_bad_or_missing_api_key_is_401_json(env: Env, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = httpx.get(f"{env.url}/org/{ORG}/buyer", headers=headers)
+    assert response.status_code == 401
+    assert "message" in response.json()
+
+
+def test_other_org_is_403_with_message(env: Env) -> None:
+    response = env.http.get("/org/org-other/entitlement")
+    assert response.status_code == 403
+    assert "org-other" in response.json()["message"]
+
+
+def test_unknown_route_is_404_json(env: Env) -> None:
+    response = env.http.get(f"/org/{ORG}/nothingHere")
+    assert response.status_code == 404
+    assert response.json() == {"message": "Not Found"}
+
+
+# -- buyers -----------------------------------------------------------------------------------------
+def test_buyers_list_is_plain_array_filtered_and_paged(env: Env) -> None:
+    for i in range(4):
+        env.state.add_buyer(f"Azure {i}", partner="AZURE", id=f"az-{i}")
+    everyone = env.http.get(f"/org/{ORG}/buyer").json()
+    assert isinstance(everyone, list) and len(everyone) == 5
+    azure = env.http.get(f"/org/{ORG}/buyer", params={"partner": "AZURE"}).json()
+    assert [b["id"] for b in azure] == ["az-0", "az-1", "az-2", "az-3"]
+    page = env.http.get(f"/org/{ORG}/buyer", params={"partner": "AZURE", "limit": 3, "offset": 2}).json()
+    assert [b["id"] for b in page] == ["az-2", "az-3"]
+    assert env.http.get(f"/org/{ORG}/buyer", params={"limit": 1001}).status_code == 400
+    assert env.http.get(f"/org/{ORG}/buyer", params={"partner": "IBM"}).status_code == 400
+
+
+def test_get_buyer_and_unknown_buyer(env: Env) -> None:
+    buyer = env.http.get(f"/org/{ORG}/buyer/{env.buyer['id']}").json()
+    assert buyer["info"]["metronomeCustomerId"] == "cust-acme"
+    assert buyer["organizationID"] == ORG and buyer["creationTime"] == "2026-11-25T12:30:00Z"
+    missing = env.http.get(f"/org/{ORG}/buyer/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["message"]
+
+
+def test_patch_buyer_links_metronome_customer_and_keeps_other_fields(env: Env) -> None:
+    env.state.update_buyer(env.buyer["id"], {"orbCustomerId": "orb-1"})
+    env.clock.advance(timedelta(minutes=5))
+    response = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": "cust-new"})
+    assert response.status_code == 200
+    buyer = response.json()
+    assert buyer["info"] == {"metronomeCustomerId": "cust-new", "orbCustomerId": "orb-1"}
+    assert buyer["name"] == "Acme" and buyer["lastUpdateTime"] == "2026-11-25T12:35:00Z"
+    unchanged = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"name": None}).json()
+    assert unchanged["name"] == "Acme" and unchanged["info"]["metronomeCustomerId"] == "cust-new"
+    cleared = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": ""}).json()
+    assert "metronomeCustomerId" not in cleared["info"]
+
+
+def test_patch_buyer_errors(env: Env) -> None:
+    assert env.http.patch(f"/org/{ORG}/buyer/nope", json={"name": "x"}).status_code == 404
+    bad_type = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": 7})
+    assert bad_type.status_code == 400 and "metronomeCustomerId" in bad_type.json()["message"]
+    malformed = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", content=b"{not json")
+    assert malformed.status_code == 400 and "JSON" in malformed.json()["message"]
+
+
+# -- entitlements ---------------------------------------------------------------------------------
+def test_entitlement_shape(env: Env) -> None:
+    ent = env.http.get(f"/org/{ORG}/entitlement/{env.ent['id']}").json()
+    assert ent["buyerID"] == env.buyer["id"] and ent["partner"] == "AWS" and ent["status"] == "ACTIVE"
+    assert ent["productID"] == "prod-1" and ent["organizationID"] == ORG and ent["endTime"] is None
+    assert ent["startTime"] == "2026-08-27T00:00:00Z"  # default: 90 days before the clock's day
+    assert ent["info"]["dimensions"] == [{"key": "cpu_hour", "name": "CPU hours", "rate": 0.25},
+                                         {"key": "usage_fee", "name": "Usage fee", "rate": 0.01}]
+    assert env.http.get(f"/org/{ORG}/entitlement/nope").status_code == 404
+
+
+def test_entitlements_filtered_and_paged(env: Env) -> None:
+    gcp = env.state.add_buyer("G", partner="GCP", id="gcp-buyer")
+    for i in range(3):
+        env.state.add_entitlement(gcp["id"], partner="GCP", dimensions=DIMS, id=f"g-{i}", product_id="prod-g")
+    by_buyer = env.http.get(f"/org/{ORG}/entitlement", params={"buyerId": "gcp-buyer"}).json()
+    assert [e["id"] for e in by_buyer] == ["g-0", "g-1", "g-2"]
+    by_partner = env.http.get(f"/org/{ORG}/entitlement", params={"partner": "AWS"}).json()
+    assert [e["id"] for e in by_partner] == [env.ent["id"]]
+    by_product = env.http.get(f"/org/{ORG}/entitlement", params={"productId": "prod-g", "offset": 1,
+                                                               "limit": 1}).json()
+    assert [e["id"] for e in by_product] == ["g-1"]
+    assert len(env.http.get(f"/org/{ORG}/entitlement").json()) == 4
+
+
+def test_terms_and_renewal_switch_entitlement_term_at_renewal_time(env: Env) -> None:
+    start, end = NOW - timedelta(days=10), NOW + timedelta(days=20)
+    ent = env.state.add_entitlement(env.buyer["id"], partner="AWS", dimensions=DIMS, id="ren",
+                                    start_time=start, end_time=end)
+    terms = env.http.get(f"/org/{ORG}/entitlement/ren/entitlementTerm").json()
+    assert [(t["info"]["type"], t["entitlementID"]) for t in terms] == [("Signup", "ren")]
+    assert ent["entitlementTermID"] == terms[0]["id"]
+    renewal = env.state.renew_entitlement("ren", at=end)
+    before = env.http.get(f"/org/{ORG}/entitlement/ren").json()
+    assert before["entitlementTermID"] == terms[0]["id"] and before["endTime"] == "2026-12-15T12:30:00Z"
+    env.clock.set(end + timedelta(seconds=1))
+    after = env.http.get(f"/org/{ORG}/entitlement/ren").json()
+    assert after["entitlementTermID"] == renewal["id"] != terms[0]["id"]
+    assert after["endTime"] == "2027-01-14T12:30:00Z"  # same 30-day length as the signup term
+    terms = env.http.get(f"/org/{ORG}/entitlement/ren/entitlementTerm").json()
+    assert [t["info"]["type"] for t in terms] == ["Signup", "AutoRenew"]
+    one = env.http.get(f"/org/{ORG}/entitlement/ren/entitlementTerm/{renewal['id']}")
+    assert one.status_code == 200 and one.json()["startTime"] == "2026-12-15T12:30:00Z"
+    assert env.http.get(f"/org/{ORG}/entitlement/ren/entitlementTerm/nope").status_code == 404
+
+
+def test_product_dimensions(env: Env) -> None:
+    dims = env.http.get(f"/org/{ORG}/product/prod-1/dimension").json()
+    assert [d["key"] for d in dims] == ["cpu_hour", "usage_fee"] and dims[0]["rate"] == 0.25
+    assert env.http.get(f"/org/{ORG}/product/nope/dimension").status_code == 404
+
+
+# -- reporting ----------------------------------------------------------------------------------------
+def test_report_returns_created_group_with_meta_info(env: Env) -> None:
+    response = env.report({"cpu_hour": 1.5, "usage_fee": 0}, id="g-1", timestamp="2026-11-25T11:00:00Z")
+    assert response.status_code == 200, response.text
+    group = response.json()
+    assert group == {
+        "id": "g-1", "organizationID": ORG, "entitlementID": env.ent["id"], "buyerID": env.buyer["id"],
+        "partner": "AWS", "records": {"cpu_hour": 1.5, "usage_fee": 0}, "status": "CREATED",
+        "creationTime": "2026-11-25T12:30:00Z", "lastUpdateTime": "2026-11-25T12:30:00Z",
+        "reportedTime": None, "serialID": 1, "usageRecordReportID": None,
+        "metaInfo": {"originRecords": {"cpu_hour": 1.5, "usage_fee": 0},
+                     "timestamp": "2026-11-25T11:00:00Z", "source": "API"},
+    }
+    assert env.state.groups() == [group]
+
+
+def test_report_without_id_or_timestamp_generates_both(env: Env) -> None:
+    first = env.report({"CPU hours": 2}).json()  # dimension *name* is accepted as a key too
+    second = env.report({"cpu_hour": 3}, timestamp="2026-11-25T10:00:00+00:00").json()
+    assert uuid.UUID(first["id"]) and first["id"] != second["id"]
+    assert first["metaInfo"]["timestamp"] == "2026-11-25T12:30:00Z"
+    assert second["metaInfo"]["timestamp"] == "2026-11-25T10:00:00Z"
+    assert (first["serialID"], second["serialID"]) == (1, 2)
+
+
+def test_repeated_id_is_409_whatever_the_body(env: Env) -> None:
+    assert env.report({"cpu_hour": 1}, id="dup").status_code == 200
+    again = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup", json={"id": "dup"})
+    assert again.status_code == 409 and "dup" in again.json()["message"]
+    assert len(env.state.groups()) == 1
+
+
+@pytest.mark.parametrize(("records", "needle"), [
+    ({"cpu_hour": 0, "usage_fee": 0.0}, ALL_ZERO_MESSAGE),
+    ({}, ALL_ZERO_MESSAGE),
+    ({"cpu_hour": -1}, "negative"),
+    ({"cpu_hour": 1, "gpu_hour": 2}, "gpu_hour"),
+    ({"cpu_hour": "1"}, "number"),
+    ({"cpu_hour": True}, "number"),
+])
+def test_invalid_records_are_400(env: Env, records: dict[str, Any], needle: str) -> None:
+    response = env.report(records)
+    assert response.status_code == 400
+    assert needle in response.json()["message"]
+    assert env.state.groups() == []
+
+
+def test_all_zero_message_is_exact(env: Env) -> None:
+    assert env.report({"cpu_hour": 0}).json() == {"message": "all the quantity of usage records are zero"}
+
+
+@pytest.mark.parametrize("status", ["CANCELLED", "SUSPENDED", "PENDING_START", "DELETED"])
+def test_inactive_entitlement_is_400(env: Env, status: str) -> None:
+    env.state.set_entitlement_status(env.ent["id"], status)
+    response = env.report({"cpu_hour": 1})
+    assert response.status_code == 400 and status in response.json()["message"]
+
+
+def test_pending_cancel_entitlement_still_accepts_usage(env: Env) -> None:
+    env.state.set_entitlement_status(env.ent["id"], "PENDING_CANCEL")
+    assert env.report({"cpu_hour": 1}).status_code == 200
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"id": "x" * 37}, "36"),
+    ({"organizationID": "org-other"}, "organizationID"),
+    ({"entitlementID": "someone-else"}, "entitlementID"),
+    ({"timestamp": "yesterday"}, "timestamp"),
+    ({"timestamp": "2026-11-25T10:00:00"}, "timestamp"),  # RFC 3339 needs an offset
+])
+def test_bad_report_fields_are_400(env: Env, extra: dict[str, Any], needle: str) -> None:
+    response = env.report({"cpu_hour": 1}, **extra)
+    assert response.status_code == 400 and needle in response.json()["message"]
+
+
+def test_report_unknown_entitlement_is_404_and_malformed_json_400(env: Env) -> None:
+    assert env.report({"cpu_hour": 1}, ent_id="nope").status_code == 404
+    bad = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup", content=b"[1,")
+    assert bad.status_code == 400 and bad.json()["message"]
+    nan = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup",
+                        content=b'{"organizationID":"org-test","records":{"cpu_hour":NaN}}')
+    assert nan.status_code == 400
+
+
+def test_reject_next_answers_configured_status_then_recovers(env: Env) -> None:
+    env.state.reject_next(env.ent["id"], "marketplace says no", status=503, times=2)
+    for _ in range(2):
+        response = env.report({"cpu_hour": 1}, id="r-1")
+        assert (response.status_code, response.json()) == (503, {"message": "marketplace says no"})
+    assert env.report({"cpu_hour": 1}, id="r-1").status_code == 200
+
+
+# -- batch ------------------------------------------------------------------------------------------
+def test_batch_create_stores_all_or_nothing(env: Env) -> None:
+    good = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}, "timestamp": "2026-11-25T11:00:00Z"}
+    bad = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 0}}
+    rejected = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, bad])
+    assert rejected.status_code == 400 and rejected.json()["message"] == ALL_ZERO_MESSAGE
+    assert env.state.groups() == []
+    unknown = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups",
+                            json=[{"entitlementID": "nope", "records": {"a": 1}}])
+    assert unknown.status_code == 400 and "nope" in unknown.json()["message"]
+    created = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, good])
+    assert created.status_code == 200
+    groups = created.json()
+    assert [g["status"] for g in groups] == ["CREATED", "CREATED"] and groups[0]["id"] != groups[1]["id"]
+    assert groups[0]["metaInfo"]["timestamp"] == "2026-11-25T11:00:00Z"
+    assert len(env.state.groups()) == 2
+
+
+def test_batch_create_honours_reject_next(env: Env) -> None:
+    env.state.reject_next(env.ent["id"], "boom", status=500)
+    item = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}}
+    response = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[item])
+    assert (response.status_code, response.json()) == (500, {"message": "boom"})
+    assert env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[item]).status_code == 200
+
+
+def test_batch_validate_uses_plain_string_bodies_and_stores_nothing(env: Env) -> None:
+    url = f"/org/{ORG}/batchValidateUsageRecordGroups"
+    ok = env.http.post(url, json=[{"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}}])
+    assert (ok.status_code, ok.text) == (200, "")
+    bad = env.http.post(url, json=[{"entitlementID": env.ent["id"], "records": {"disk": 1}}])
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/plain")
+    assert "disk" in bad.text and not bad.text.startswith("{")
+    assert env.http.post(url, json={"not": "a list"}).status_code == 400
+    assert env.state.groups() == []
+
+
+# -- listing groups --------------------------------------------------------------------------------
+def test_list_groups_filters(env: Env) -> None:
+    other_buyer = env.state.add_buyer("Other", partner="AZURE", id="b2")
+    env.state.add_entitlement("b2", partner="AZURE", dimensions=DIMS, id="e2", product_id="prod-2")
+    env.report({"cpu_hour": 1}, id="a")
+    env.report({"cpu_hour": 1}, id="b", ent_id="e2")
+    ids = lambda **p: [g["id"] for g in env.list_groups(**p)["usageRecordGroups"]]  # noqa: E731
+    assert ids() == ["a", "b"]
+    assert ids(entitlementId="e2") == ids(buyerId=other_buyer["id"]) == ids(partner="AZURE") == ["b"]
+    assert ids(productId="prod-1") == ["a"]
+    assert ids(status="REPORTED") == [] and ids(source="API") == ["a", "b"]
+    two = env.http.get(f"/org/{ORG}/usageRecordGroup", params={"partner": "AWS", "buyerId": "b2"})
+    assert two.status_code == 400 and "only one" in two.json()["message"]
+    for params in ({"status": "DONE"}, {"startDate": "2026/11/01"}, {"limit": 0}, {"offset": "x"},
+                   {"startDate": "2026-11-26", "endDate": "2026-11-25"}):
+        assert env.http.get(f"/org/{ORG}/usageRecordGroup", params=params).status_code == 400
+
+
+def test_list_groups_date_window_defaults_to_last_30_days(env: Env) -> None:
+    env.report({"cpu_hour": 1}, id="old")
+    env.clock.advance(timedelta(days=31))
+    env.report({"cpu_hour": 1}, id="new")
+    assert [g["id"] for g in env.list_groups()["usageRecordGroups"]] == ["new"]
+    explicit = env.list_groups(startDate="2026-11-25", endDate="2026-11-25")["usageRecordGroups"]
+    assert [g["id"] for g in explicit] == ["old"]
+
+
+def test_list_groups_offset_paging(env: Env) -> None:
+    for i in range(5):
+        env.report({"cpu_hour": i + 1}, id=f"p{i}")
+    seen, offset = [], 0
+    while True:
+        page = env.list_groups(limit=2, offset=offset)
+        seen += [g["id"] for g in page["usageRecordGroups"]]
+        if page["nextOffset"] == 0:
+            break
+        offset = page["nextOffset"]
+    assert seen == ["p0", "p1", "p2", "p3", "p4"]
+    assert env.list_groups(limit=2, offset=2)["nextOffset"] == 4
+    assert env.list_groups(limit=5)["nextOffset"] == 0
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------
+def test_explicit_forwarder_reports_created_groups(env: Env) -> None:
+    env.report({"cpu_hour": 1}, id="f1")
+    env.report({"cpu_hour": 2}, id="f2")
+    assert sorted(env.state.run_forwarder()) == ["f1", "f2"]
+    groups = {g["id"]: g for g in env.list_groups()["usageRecordGroups"]}
+    assert {g["status"] for g in groups.values()} == {"REPORTED"}
+    assert groups["f1"]["reportedTime"] == "2026-11-25T12:30:00Z"
+    assert groups["f1"]["usageRecordReportID"] == groups["f2"]["usageRecordReportID"]  # one report
+    assert env.state.run_forwarder() == []
+
+
+def test_hourly_forwarder_runs_when_the_clock_passes_the_hour(env: Env) -> None:
+    env.report({"cpu_hour": 1}, id="h1")
+    env.clock.set(datetime(2026, 11, 25, 12, 59, 59, tzinfo=timezone.utc))
+    assert env.status_of("h1") == "CREATED"
+    env.clock.set(datetime(2026, 11, 25, 13, 0, tzinfo=timezone.utc))
+    group = env.list_groups()["usageRecordGroups"][0]
+    assert group["status"] == "REPORTED" and group["reportedTime"] == "2026-11-25T13:00:00Z"
+    assert group["usageRecordReportID"]
+
+
+def test_failed_report_retry_then_reported(env: Env) -> None:
+    env.state.fail_next_report(env.ent["id"])
+    env.report({"cpu_hour": 1}, id="x1")
+    env.clock.advance(timedelta(hours=1))
+    failed = env.list_groups()["usageRecordGroups"][0]
+    assert failed["status"] == "REPORT_FAILED" and failed["reportedTime"] is None
+    retried = env.http.post(f"/org/{ORG}/usageRecordGroup/x1/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "CREATED"
+    assert env.status_of("x1") == "CREATED"  # waits for the next hourly run
+    env.clock.advance(timedelta(hours=1))
+    assert env.status_of("x1") == "REPORTED"
+    again = env.http.post(f"/org/{ORG}/usageRecordGroup/x1/retry")
+    assert again.status_code == 400 and "REPORT_FAILED" in again.json()["message"]
+    assert env.http.post(f"/org/{ORG}/usageRecordGroup/nope/retry").status_code == 404
+
+
+def test_fail_next_report_fails_one_report_per_entitlement(env: Env) -> None:
+    env.state.add_entitlement(env.buyer["id"], partner="AWS", dimensions=DIMS, id="healthy")
+    env.state.fail_next_report(env.ent["id"])
+    env.report({"cpu_hour": 1}, id="s1")
+    env.report({"cpu_hour": 1}, id="s2")
+    env.report({"cpu_hour": 1}, id="s3", ent_id="healthy")
+    env.state.run_forwarder()
+    statuses = {g["id"]: g["status"] for g in env.state.groups()}
+    assert statuses == {"s1": "REPORT_FAILED", "s2": "REPORT_FAILED", "s3": "REPORTED"}
+    env.report({"cpu_hour": 1}, id="s4")
+    env.state.run_forwarder()
+    assert env.state.group("s4")["status"] == "REPORTED"
+
+
+def test_delete_only_created_or_invalid(env: Env) -> None:
+    env.report({"cpu_hour": 1}, id="d1")
+    env.report({"cpu_hour": 1}, id="d2")
+    env.report({"cpu_hour": 1}, id="d3")
+    env.state.set_group_status("d3", "INVALID")
+    wrong_day = env.http.delete(f"/org/{ORG}/usageRecordGroup/d1", params={"creationDate": "2026-11-24"})
+    assert wrong_day.status_code == 404
+    deleted = env.http.delete(f"/org/{ORG}/usageRecordGroup/d1", params={"creationDate": "2026-11-25"})
+    assert deleted.status_code == 200 and deleted.json()["status"] == "DELETED"
+    assert env.http.delete(f"/org/{ORG}/usageRecordGroup/d3").json()["status"] == "DELETED"
+    assert [g["id"] for g in env.list_groups()["usageRecordGroups"]] == ["d2"]
+    assert [g["id"] for g in env.list_groups(status="DELETED")["usageRecordGroups"]] == ["d1", "d3"]
+    env.state.run_forwarder()
+    reported = env.http.delete(f"/org/{ORG}/usageRecordGroup/d2")
+    assert reported.status_code == 400 and "REPORTED" in reported.json()["message"]
+    assert env.http.delete(f"/org/{ORG}/usageRecordGroup/nope").status_code == 404
+    assert env.report({"cpu_hour": 1}, id="d1").status_code == 409  # the id stays taken
+
+
+# -- metering config ---------------------------------------------------------------------------------
+def test_metering_config_default_patch_and_validation(env: Env) -> None:
+    url = f"/org/{ORG}/usageMeteringConfigInfo"
+    assert env.http.get(url).json() == {"partnerUsageMeteringConfigs": []}
+    config = {"partnerUsageMeteringConfigs": [{
+        "partner": "AWS", "enableDimensionMapping": True,
+        "dimensionMappingV2": {"cpu_seconds": [{"dimensionKey": "cpu_hour", "mappingMode": "QUANTITY",
+                                                "convertionMultiplier": 0.5}]}}]}
+    assert env.http.patch(url, json=config).json() == config
+    assert env.http.get(url).json() == config
+    bad = env.http.patch(url, json={"partnerUsageMeteringConfigs": [{"partner": "IBM"}]})
+    assert bad.status_code == 400 and env.http.get(url).json() == config
+    bad_mode = {"partnerUsageMeteringConfigs": [{"partner": "AWS", "dimensionMappingV2": {
+        "k": [{"dimensionKey": "cpu_hour", "mappingMode": "PRICE"}]}}]}
+    assert env.http.patch(url, json=bad_mode).status_code == 400
+    assert env.http.patch(url, content=b"nope").status_code == 400
+
+
+def test_enabled_dimension_mapping_converts_on_ingest(env: Env) -> None:
+    env.state.set_metering_config({"partnerUsageMeteringConfigs": [{
+        "partner": "AWS", "enableDimensionMapping": True,
+        "dimensionMappingV2": {
+            "cpu_seconds": [{"dimensionKey": "cpu_hour", "mappingMode": "QUANTITY", "convertionMultiplier": 0.5}],
+            "metronome": [{"dimensionKey": "usage_fee", "mappingMode": "AMOUNT"}]}}]})
+    group = env.report({"cpu_seconds": 3, "metronome": 1.5}).json()
+    assert group["records"] == {"cpu_hour": 1.5, "usage_fee": 150}  # $1.5 at $0.01 per unit
+    assert group["metaInfo"]["originRecords"] == {"cpu_seconds": 3, "metronome": 1.5}
+    unmapped = env.report({"bogus": 1})
+    assert unmapped.status_code == 400 and "bogus" in unmapped.json()["message"]
+
+
+# -- state API used directly by tests and scenarios ---------------------------------------------------
+def test_state_accepts_callable_clock_and_guards_bad_input() -> None:
+    state = SugerState("o", lambda: NOW)
+    buyer = state.add_buyer("B", partner="GCP", id="b")
+    assert buyer["creationTime"] == "2026-11-25T12:30:00Z"
+    with pytest.raises(ValueError):
+        state.add_buyer("B", partner="GCP", id="b")
+    with pytest.raises(ValueError):
+        state.add_entitlement("b", partner="AWS", dimensions=DIMS)
+    with pytest.raises(ValueError):
+        state.add_entitlement("missing", partner="GCP", dimensions=DIMS)
+    with pytest.raises(SugerError):
+        state.set_metering_config({"partnerUsageMeteringConfigs": "AWS"})
