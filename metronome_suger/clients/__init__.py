@@ -1,4 +1,4 @@
-"""HTTP clients for Metronome and Suger (no Dagster imports): typed models, retries, exact Decimals."""
+"""HTTP clients for Metronome and Suger (no Dagster imports): typed models, retries, Decimals."""
 
 from metronome_suger.clients.http import (
     DEFAULT_TIMEOUT,

@@ -1,7 +1,9 @@
 """Typed client for the parts of the Metronome API this project reads.
 
-Why a hand-written client rather than ``metronome-sdk``: we need ``Decimal`` money end to end (the SDK
-parses numbers as float), one retry/redaction policy shared with Suger, and pagination that keeps going
+Why a hand-written client rather than ``metronome-sdk``: we need ``Decimal`` money end to end (the
+SDK
+parses numbers as float), one retry/redaction policy shared with Suger, and pagination that keeps
+going
 through empty pages and refuses to loop on a repeated cursor.
 """
 
@@ -72,7 +74,7 @@ def _seg(value: str) -> str:
 
 
 class MetronomeClient(JsonApiClient):
-    """Metronome API client (``Authorization: Bearer <token>``); see the module docstring for why."""
+    """Metronome API client (``Authorization: Bearer <token>``); the module docstring says why."""
 
     def __init__(
         self,
@@ -109,7 +111,8 @@ class MetronomeClient(JsonApiClient):
         self.page_limit = page_limit
         self.max_workers = max_workers
 
-    # -- pagination ------------------------------------------------------------------------------------------
+    # -- pagination
+    # ------------------------------------------------------------------------------------------
 
     def _paginate(
         self,
@@ -121,7 +124,7 @@ class MetronomeClient(JsonApiClient):
         body: Any = None,
         send_limit: bool = True,
     ) -> Iterator[M]:
-        """Yield items across cursor pages, looping on ``next_page`` only (empty pages are legal)."""
+        """Yield items over cursor pages, looping on ``next_page`` only (empty pages are legal)."""
         cursor: str | None = None
         seen: set[str] = set()
         for page_number in range(1, _MAX_PAGES + 1):
@@ -135,7 +138,9 @@ class MetronomeClient(JsonApiClient):
                 raise self.malformed(method, path, "expected a JSON object with a 'data' list")
             next_page = payload.get("next_page")
             if next_page is not None and not isinstance(next_page, str):
-                raise self.malformed(method, path, f"'next_page' must be a string or null, got {next_page!r}")
+                raise self.malformed(
+                    method, path, f"'next_page' must be a string or null, got {next_page!r}"
+                )
             yield from self.parse_model(adapter, payload["data"], method, path, loc_prefix="data")
             if not next_page:
                 return
@@ -150,10 +155,12 @@ class MetronomeClient(JsonApiClient):
             cursor = next_page
         raise self.malformed(method, path, f"more than {_MAX_PAGES} pages; stopping")
 
-    # -- customers and metrics -------------------------------------------------------------------------------
+    # -- customers and metrics
+    # -------------------------------------------------------------------------------
 
     def list_customers(self, *, include_archived: bool = False) -> list[Customer]:
-        """Active customers; with ``include_archived`` also the archived ones (Metronome needs a 2nd call)."""
+        """Active customers; with ``include_archived`` also the archived ones (Metronome needs a 2nd
+        call)."""
         customers = list(self._paginate("GET", "/v1/customers", _CUSTOMERS))
         if include_archived:
             known = {c.id for c in customers}
@@ -177,11 +184,15 @@ class MetronomeClient(JsonApiClient):
         """All billable metrics (archived included by default so history stays explainable)."""
         return list(
             self._paginate(
-                "GET", "/v1/billable-metrics", _METRICS, params={"include_archived": include_archived}
+                "GET",
+                "/v1/billable-metrics",
+                _METRICS,
+                params={"include_archived": include_archived},
             )
         )
 
-    # -- usage -----------------------------------------------------------------------------------------------
+    # -- usage -------------------------------------------------------------------------------------
+    # ----------
 
     def iter_usage(
         self,
@@ -203,7 +214,9 @@ class MetronomeClient(JsonApiClient):
             raise ValueError("ending_before must be after starting_on")
         size = window_size.upper()
         if size not in _WINDOW_SIZES:
-            raise ValueError(f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}")
+            raise ValueError(
+                f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}"
+            )
         if (customer_ids is not None and not customer_ids) or (
             billable_metric_ids is not None and not billable_metric_ids
         ):
@@ -239,7 +252,8 @@ class MetronomeClient(JsonApiClient):
             )
         )
 
-    # -- invoices --------------------------------------------------------------------------------------------
+    # -- invoices
+    # --------------------------------------------------------------------------------------------
 
     def list_invoices(
         self,
@@ -256,7 +270,9 @@ class MetronomeClient(JsonApiClient):
         params = {
             "status": status,
             "starting_on": require_aware(starting_on, "starting_on") if starting_on else None,
-            "ending_before": require_aware(ending_before, "ending_before") if ending_before else None,
+            "ending_before": (
+                require_aware(ending_before, "ending_before") if ending_before else None
+            ),
             "credit_type_id": credit_type_id,
             "sort": sort,
         }
@@ -273,7 +289,8 @@ class MetronomeClient(JsonApiClient):
         credit_type_id: str | None = None,
         sort: str = "date_asc",
     ) -> dict[str, list[Invoice]]:
-        """:meth:`list_invoices` for many customers on at most ``max_workers`` threads (input order kept)."""
+        """:meth:`list_invoices` for many customers on at most ``max_workers`` threads (input order
+        kept)."""
         unique = list(dict.fromkeys(customer_ids))
 
         def one(customer_id: str) -> list[Invoice]:

@@ -1,7 +1,9 @@
 """Pydantic models for the Metronome responses this project reads.
 
-Field names are Metronome's own. Money is ``Decimal`` in the invoice's credit-type units — for USD that is
-**cents** (credit type "USD (cents)"), exactly as returned; converting to dollars is the caller's job.
+Field names are Metronome's own. Money is ``Decimal`` in the invoice's credit-type units — for USD
+that is
+**cents** (credit type "USD (cents)"), exactly as returned; converting to dollars is the caller's
+job.
 Unknown fields are kept (``extra="allow"``) because Metronome adds fields without notice.
 """
 
@@ -87,7 +89,7 @@ class CreditType(ApiModel):
 
 
 class LineItem(ApiModel):
-    """An invoice line item; ``total``/``unit_price`` are in ``credit_type`` units (cents for USD)."""
+    """An invoice line; ``total``/``unit_price`` are in ``credit_type`` units (cents for USD)."""
 
     name: str
     total: Decimal
@@ -129,7 +131,7 @@ class Invoice(ApiModel):
 
 
 class BreakdownInvoice(Invoice):
-    """One (invoice, window) slice: ``id`` repeats across windows; totals are for the window only."""
+    """One (invoice, window) slice: ``id`` repeats across windows; totals are the window's."""
 
     breakdown_start_timestamp: UtcDatetime
     breakdown_end_timestamp: UtcDatetime

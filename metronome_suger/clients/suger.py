@@ -1,11 +1,16 @@
-"""Typed client for the Suger metering, buyer and entitlement API (``Authorization: Key <api key>``).
+"""Typed client for the Suger metering, buyer and entitlement API (``Authorization: Key <api
+key>``).
 
-Why hand-written: the generated ``suger_sdk_python`` parses quantities as float and has a broken default
-host; we need exact Decimal quantities, 409-as-success reporting, and the same retry/redaction policy as
+Why hand-written: the generated ``suger_sdk_python`` parses quantities as float and has a broken
+default
+host; we need exact Decimal quantities, 409-as-success reporting, and the same retry/redaction
+policy as
 the Metronome client.
 
-Retry safety: a usage-record-group POST is retried only on 429, 5xx and transport errors, never on 400 or
-409. That is safe because every group carries its own ``id`` — if an earlier attempt did land, the retry
+Retry safety: a usage-record-group POST is retried only on 429, 5xx and transport errors, never on
+400 or
+409. That is safe because every group carries its own ``id`` — if an earlier attempt did land, the
+retry
 gets 409 and is reported as ``duplicate``, never as a second group.
 """
 
@@ -83,7 +88,7 @@ def _seg(value: str) -> str:
 def _problem_text(exc: BadRequestError) -> str:
     """The full validation text: a plain-text body verbatim, else the parsed JSON message."""
     body = (exc.body or "").strip()
-    if body and body[0] not in "{[\"":
+    if body and body[0] not in '{["':
         return body
     return exc.message
 
@@ -93,7 +98,8 @@ def _item_ids(items: Sequence[Any]) -> list[Any]:
 
 
 class SugerClient(JsonApiClient):
-    """Suger API client for one organization; see the module docstring for the retry-safety argument."""
+    """Suger API client for one organization; see the module docstring for the retry-safety
+    argument."""
 
     def __init__(
         self,
@@ -140,23 +146,29 @@ class SugerClient(JsonApiClient):
     def _org(self, suffix: str) -> str:
         return f"/org/{_seg(self.org_id)}{suffix}"
 
-    # -- paging ----------------------------------------------------------------------------------------------
+    # -- paging
+    # ----------------------------------------------------------------------------------------------
 
     def _offset_pages(
         self, path: str, adapter: TypeAdapter[list[M]], params: Mapping[str, Any] | None = None
     ) -> Iterator[M]:
-        """Plain-array lists: ``limit``/``offset`` until a short page (Go's ``null`` counts as empty)."""
+        """Plain-array lists: ``limit``/``offset`` until a short page (Go's ``null`` counts as
+        empty)."""
         offset = 0
         previous_ids: list[Any] | None = None
         for _ in range(_MAX_PAGES):
-            data = self.request("GET", path, params={**(params or {}), "limit": self.page_limit, "offset": offset})
+            data = self.request(
+                "GET", path, params={**(params or {}), "limit": self.page_limit, "offset": offset}
+            )
             if data is None:
                 data = []
             if not isinstance(data, list):
                 raise self.malformed("GET", path, "expected a JSON array")
             ids = _item_ids(data)
             if data and ids == previous_ids:
-                raise self.malformed("GET", path, f"offset {offset} returned the previous page again")
+                raise self.malformed(
+                    "GET", path, f"offset {offset} returned the previous page again"
+                )
             yield from self.parse_model(adapter, data, "GET", path)
             if len(data) < self.page_limit:
                 return
@@ -164,7 +176,8 @@ class SugerClient(JsonApiClient):
             offset += len(data)
         raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
 
-    # -- buyers ----------------------------------------------------------------------------------------------
+    # -- buyers
+    # ----------------------------------------------------------------------------------------------
 
     def list_buyers(self) -> list[Buyer]:
         """Every buyer of the org (Suger cannot filter by Metronome id; index client-side)."""
@@ -175,34 +188,46 @@ class SugerClient(JsonApiClient):
         return self.parse_model(_BUYER, self.request("GET", path), "GET", path)
 
     def link_metronome_customer(self, buyer_id: str, metronome_customer_id: str) -> Buyer:
-        """Suger's "Connect Metronome Customer": set ``info.metronomeCustomerId`` (idempotent PATCH)."""
+        """Suger's "Connect Metronome Customer": set ``info.metronomeCustomerId`` (idempotent
+        PATCH)."""
         if not metronome_customer_id:
             raise ValueError("metronome_customer_id must be non-empty")
         path = self._org(f"/buyer/{_seg(buyer_id)}")
         data = self.request("PATCH", path, json={"metronomeCustomerId": metronome_customer_id})
         return self.parse_model(_BUYER, data, "PATCH", path)
 
-    # -- entitlements ----------------------------------------------------------------------------------------
+    # -- entitlements
+    # ----------------------------------------------------------------------------------------
 
-    def list_entitlements(self, *, buyer_id: str | None = None, partner: str | None = None) -> list[Entitlement]:
-        """Entitlements, optionally of one buyer and/or one marketplace (``AWS``/``AZURE``/``GCP``)."""
+    def list_entitlements(
+        self, *, buyer_id: str | None = None, partner: str | None = None
+    ) -> list[Entitlement]:
+        """Entitlements, optionally of one buyer and/or marketplace (``AWS``/``AZURE``/``GCP``)."""
         params = {"buyerId": buyer_id or None, "partner": partner or None}
         return list(self._offset_pages(self._org("/entitlement"), _ENTITLEMENTS, params))
 
-    def list_entitlements_for_buyers(self, buyer_ids: Sequence[str]) -> dict[str, list[Entitlement]]:
-        """:meth:`list_entitlements` per buyer on at most ``max_workers`` threads (input order kept)."""
+    def list_entitlements_for_buyers(
+        self, buyer_ids: Sequence[str]
+    ) -> dict[str, list[Entitlement]]:
+        """:meth:`list_entitlements` per buyer on at most ``max_workers`` threads (input order
+        kept)."""
         unique = list(dict.fromkeys(buyer_ids))
-        results = map_bounded(lambda b: self.list_entitlements(buyer_id=b), unique, max_workers=self.max_workers)
+        results = map_bounded(
+            lambda b: self.list_entitlements(buyer_id=b), unique, max_workers=self.max_workers
+        )
         return dict(zip(unique, results))
 
-    # -- usage record groups ---------------------------------------------------------------------------------
+    # -- usage record groups
+    # ---------------------------------------------------------------------------------
 
     def report_usage_record_group(self, group: NewUsageRecordGroup) -> ReportResult:
         """Report one group. 409 (id already known) is success: ``duplicate``. Any other non-2xx
-        raises the typed :class:`ApiError` (a 400's ``message`` is Suger's reason, worth recording)."""
+        raises the typed :class:`ApiError` (a 400's ``message`` is Suger's reason, worth recording).
+        """
         if group.organizationID != self.org_id:
             raise ValueError(
-                f"group organizationID {group.organizationID!r} is not this client's org {self.org_id!r}"
+                f"group organizationID {group.organizationID!r} "
+                f"is not this client's org {self.org_id!r}"
             )
         path = self._org(f"/entitlement/{_seg(group.entitlementID)}/usageRecordGroup")
         try:
@@ -213,7 +238,8 @@ class SugerClient(JsonApiClient):
         return ReportResult(outcome="created", group=stored, message=None)
 
     def validate_usage_record_groups(self, groups: Sequence[NewUsageRecordGroup]) -> str | None:
-        """Dry-run validation: None when Suger accepts every group, else Suger's problem description."""
+        """Dry-run validation: None when Suger accepts every group, else Suger's problem
+        description."""
         if not groups:
             return None
         path = self._org("/batchValidateUsageRecordGroups")
@@ -233,7 +259,8 @@ class SugerClient(JsonApiClient):
         start_date: date | None = None,
         end_date: date | None = None,
     ) -> list[UsageRecordGroup]:
-        """Stored groups (Suger's default window is the last 30 days), paging on ``offset``/``nextOffset``."""
+        """Stored groups (Suger's default window is the last 30 days), paging on
+        ``offset``/``nextOffset``."""
         path = self._org("/usageRecordGroup")
         base = {
             "entitlementId": entitlement_id or None,
@@ -244,7 +271,9 @@ class SugerClient(JsonApiClient):
         out: list[UsageRecordGroup] = []
         offset = 0
         for _ in range(_MAX_PAGES):
-            payload = self.request("GET", path, params={**base, "limit": self.page_limit, "offset": offset})
+            payload = self.request(
+                "GET", path, params={**base, "limit": self.page_limit, "offset": offset}
+            )
             if not isinstance(payload, Mapping):
                 raise self.malformed("GET", path, "expected a JSON object with 'usageRecordGroups'")
             items = payload.get("usageRecordGroups")
@@ -252,7 +281,10 @@ class SugerClient(JsonApiClient):
                 items = []
             if not isinstance(items, list):
                 raise self.malformed("GET", path, "'usageRecordGroups' must be an array")
-            out.extend(self.parse_model(_GROUPS, items, "GET", path, loc_prefix="usageRecordGroups"))
+            page: list[UsageRecordGroup] = self.parse_model(
+                _GROUPS, items, "GET", path, loc_prefix="usageRecordGroups"
+            )
+            out.extend(page)
             next_offset = payload.get("nextOffset")
             if not items:
                 break
@@ -273,10 +305,12 @@ class SugerClient(JsonApiClient):
         path = self._org(f"/usageRecordGroup/{_seg(group_id)}/retry")
         return self.parse_model(_GROUP, self.request("POST", path), "POST", path)
 
-    # -- metering config -------------------------------------------------------------------------------------
+    # -- metering config
+    # -------------------------------------------------------------------------------------
 
     def get_usage_metering_config(self) -> UsageMeteringConfigInfo:
-        """The org's own dimension mapping per partner (if enabled, Suger converts records a second time)."""
+        """The org's own dimension mapping per partner (if enabled, Suger converts records a second
+        time)."""
         path = self._org("/usageMeteringConfigInfo")
         data = self.request("GET", path)
         return self.parse_model(_CONFIG, data if data is not None else {}, "GET", path)

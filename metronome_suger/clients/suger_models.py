@@ -1,7 +1,9 @@
 """Pydantic models for the Suger API objects this project reads and writes.
 
-Attribute names are Suger's JSON names exactly (camelCase, ``buyerID``, ``convertionMultiplier`` [sic]),
-so what you read in Suger's docs is what you type. Quantities and rates are ``Decimal``. Response models
+Attribute names are Suger's JSON names exactly (camelCase, ``buyerID``, ``convertionMultiplier``
+[sic]),
+so what you read in Suger's docs is what you type. Quantities and rates are ``Decimal``. Response
+models
 keep unknown fields; the request model (:class:`NewUsageRecordGroup`) is strict because we own it.
 """
 
@@ -88,7 +90,7 @@ class EntitlementInfo(ApiModel):
 
 
 class Entitlement(ApiModel):
-    """A Suger entitlement (``WorkloadEntitlement``): where a linked customer's usage is reported."""
+    """A Suger entitlement (``WorkloadEntitlement``): where a linked customer's usage goes."""
 
     id: str
     name: str | None = None
@@ -126,7 +128,8 @@ def _check_records(records: dict[str, Decimal]) -> dict[str, Decimal]:
 class NewUsageRecordGroup(BaseModel):
     """A usage record group to report: one entitlement, one timestamp, ``dimension → quantity``.
 
-    ``id`` (≤ 36 chars) is the de-duplication key: Suger answers 409 for an id it already has, which is
+    ``id`` (≤ 36 chars) is the de-duplication key: Suger answers 409 for an id it already has, which
+    is
     what makes re-sending safe. ``timestamp`` is normalised to UTC whole seconds and sent as
     ``YYYY-MM-DDTHH:MM:SSZ``.
     """
@@ -155,7 +158,8 @@ class NewUsageRecordGroup(BaseModel):
         }
 
     def to_batch_item(self) -> dict[str, Any]:
-        """The batch ``NewUsageRecordGroup`` JSON object (that schema has no ``id``/``organizationID``)."""
+        """The batch ``NewUsageRecordGroup`` JSON object (that schema has no
+        ``id``/``organizationID``)."""
         return {
             "entitlementID": self.entitlementID,
             "records": dict(self.records),
@@ -164,7 +168,7 @@ class NewUsageRecordGroup(BaseModel):
 
 
 class UsageRecordGroup(ApiModel):
-    """A group as Suger stores it (``MeteringUsageRecordGroup``); ``records`` are after conversion."""
+    """A group as Suger stores it (``MeteringUsageRecordGroup``); ``records`` are converted."""
 
     id: str
     entitlementID: str | None = None
@@ -191,7 +195,7 @@ class DimensionMappingValue(ApiModel):
 
 
 class PartnerUsageMeteringConfig(ApiModel):
-    """Suger's org-level conversion for one marketplace; if enabled, Suger converts records itself."""
+    """Suger's org-level conversion for one marketplace; if enabled Suger converts records."""
 
     partner: str
     enableDimensionMapping: bool = False
@@ -217,7 +221,8 @@ class UsageMeteringConfigInfo(ApiModel):
 
 @dataclass(frozen=True)
 class ReportResult:
-    """Outcome of reporting one group: ``created`` (with Suger's stored group) or ``duplicate`` (409).
+    """Outcome of reporting one group: ``created`` (with Suger's stored group) or ``duplicate``
+    (409).
 
     ``duplicate`` means Suger already holds a group with this id — possibly from our own earlier
     attempt whose response was lost — so it counts as success. ``message`` is Suger's 409 text.

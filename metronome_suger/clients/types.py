@@ -1,6 +1,7 @@
 """Shared value types for the API models: UTC datetimes, exact decimals, a tolerant base model.
 
-Both APIs spell timestamps several ways (``Z``, ``+00:00``, ``.000Z``, nanoseconds from Go) and carry money
+Both APIs spell timestamps several ways (``Z``, ``+00:00``, ``.000Z``, nanoseconds from Go) and
+carry money
 and quantities as JSON numbers; everything here exists so that the rest of the code sees exactly one
 representation: tz-aware UTC ``datetime`` and ``Decimal``.
 """
@@ -28,7 +29,8 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 def parse_rfc3339(value: Any) -> datetime:
     """Parse an RFC 3339 / ISO 8601 timestamp liberally and return it as tz-aware UTC.
 
-    Accepts ``Z``/``z``, numeric offsets, any number of fractional digits (truncated to microseconds)
+    Accepts ``Z``/``z``, numeric offsets, any number of fractional digits (truncated to
+    microseconds)
     and a space instead of ``T``. A timestamp without an offset is taken as UTC, which is what both
     APIs mean when they omit it.
     """
@@ -54,7 +56,8 @@ def parse_rfc3339(value: Any) -> datetime:
 
 
 def require_aware(value: datetime, what: str = "datetime") -> datetime:
-    """Reject naive datetimes in requests: a window boundary off by the local UTC offset is silent data loss."""
+    """Reject naive datetimes in requests: a window boundary off by the local UTC offset is silent
+    data loss."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (got naive {value.isoformat()})")
     return value.astimezone(timezone.utc)
@@ -63,7 +66,8 @@ def require_aware(value: datetime, what: str = "datetime") -> datetime:
 def format_rfc3339(value: datetime, *, seconds_only: bool = False) -> str:
     """Format an aware datetime as UTC RFC 3339 with ``Z`` (``2026-11-25T14:00:00Z``).
 
-    Microseconds are kept when present unless ``seconds_only`` (Suger's group timestamp wants whole seconds).
+    Microseconds are kept when present unless ``seconds_only`` (Suger's group timestamp wants whole
+    seconds).
     """
     dt = require_aware(value)
     if seconds_only or dt.microsecond == 0:
@@ -87,7 +91,7 @@ UtcDatetime = Annotated[
 
 
 class ApiModel(BaseModel):
-    """Base for response models: unknown fields are kept (APIs add fields all the time), never rejected."""
+    """Base for response models: unknown fields are kept (APIs add fields all the time), never
+    rejected."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
-

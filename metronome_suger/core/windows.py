@@ -65,10 +65,12 @@ def window_for_key(partition_key: str, hourly: bool) -> Window:
     try:
         start = datetime.strptime(partition_key, fmt).replace(tzinfo=timezone.utc)
     except ValueError:
+        start = None
+    if start is None or start != floor(start, hourly):
         raise ValueError(
             f"partition key {partition_key!r} is not a {'n hourly' if hourly else ' daily'} key "
             f"(expected e.g. {'2026-11-25-13:00' if hourly else '2026-11-25'})"
-        ) from None
+        )
     return window_at(start, hourly)
 
 

@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from metronome_suger.config import AppConfig
+from metronome_suger.config import AppConfig, ConfigError
 from metronome_suger.core.conversion import Metric, UnknownMetricError, whitelisted_ids
+from metronome_suger.linkage import resolve_links
 from metronome_suger.orchestration.resources import (
     MetronomeResource,
     SafeDuckDBResource,
@@ -100,25 +101,11 @@ def build_snapshot_assets(config: AppConfig) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """Metronome customer → Suger entitlement links, as Suger resolves them (CONTRACT §4)."""
         with suger.get_client() as client:
-            buyers = [b for b in client.list_buyers() if b.info and b.info.metronomeCustomerId]
-            by_buyer = client.list_entitlements_for_buyers([b.id for b in buyers])
-            links = []
-            for buyer in buyers:
-                for ent in by_buyer.get(buyer.id, []):
-                    links.append((buyer.info.metronomeCustomerId, buyer.id, ent, "buyer"))
-            if config.customer_links:
-                overridden = {link.metronome_customer_id for link in config.customer_links}
-                links = [link for link in links if link[0] not in overridden]
-                everything = {e.id: e for e in client.list_entitlements()}
-                missing = [l.entitlement_id for l in config.customer_links if l.entitlement_id not in everything]
-                if missing:
-                    raise dg.Failure(
-                        description="customer_links name entitlements Suger does not have: "
-                        + ", ".join(sorted(missing))
-                    )
-                for link in config.customer_links:
-                    ent = everything[link.entitlement_id]
-                    links.append((link.metronome_customer_id, ent.buyerID, ent, "override"))
+            try:
+                found = resolve_links(client, config)
+            except ConfigError as exc:
+                raise dg.Failure(description=str(exc)) from None
+        links = [(l.metronome_customer_id, l.buyer_id, l.entitlement, l.source) for l in found]
         now = _now()
         with duckdb.get_connection() as conn:
             bulk_insert(

@@ -83,21 +83,24 @@ class InvoicesMixin:
         first_period_start: datetime,
         credit_type: dict[str, str] = USD_CREDIT_TYPE,
         grace: timedelta = timedelta(hours=24),
-    ) -> list[dict[str, Any]]:
+    ) -> list[str]:
         """One USAGE invoice per calendar month from `first_period_start` on, each created when its
-        month begins (also later, as the clock advances). Returns those that exist now."""
+        month begins (also later, as the clock advances). Returns the ids of those that exist now."""
         first = month_start(_utc(first_period_start, "first_period_start"))
         with self._lock:
             if customer_id not in self._customers:
                 raise KeyError(f"unknown customer {customer_id}")
             self._monthly.append((customer_id, dict(credit_type), grace, first))
             self._materialize()
-            return [
-                self._render(r)
-                for r in self._invoices.values()
-                if r.customer_id == customer_id and r.credit_type["id"] == credit_type["id"]
-                and r.corrects is None and r.period_start >= first
-            ]
+            ids, month, now = [], first, self.clock.now()
+            while month <= now:
+                ids.append(self._monthly_id(customer_id, credit_type["id"], month))
+                month = add_months(month, 1)
+            return ids
+
+    def _monthly_id(self, customer_id: str, credit_type_id: str, month: datetime) -> str:
+        """Derived, not drawn from the generator: creation order cannot change it."""
+        return str(uuid.uuid5(self._id_ns, f"{customer_id}|{credit_type_id}|{fmt(month)}"))
 
     def _materialize(self) -> None:
         """Create the monthly invoices whose month has begun (ids derived, not drawn: order-free)."""
@@ -105,7 +108,7 @@ class InvoicesMixin:
         for customer_id, credit_type, grace, first in self._monthly:
             month = first
             while month <= now:
-                invoice_id = str(uuid.uuid5(self._id_ns, f"{customer_id}|{credit_type['id']}|{fmt(month)}"))
+                invoice_id = self._monthly_id(customer_id, credit_type["id"], month)
                 if invoice_id not in self._invoices:
                     self._invoices[invoice_id] = InvoiceRecord(
                         invoice_id, customer_id, month, add_months(month, 1), "USAGE",

@@ -1,9 +1,9 @@
 """In-memory Suger organization: buyers, entitlements, usage record groups and the hourly forwarder.
 
 The state is what the Suger emulator (``suger_app``) serves, and what tests mutate directly to stage
-scenarios (renewals, rejections, failed marketplace reports). It is thread-safe because uvicorn serves
-the app from its own thread while tests poke at the state from theirs. Quantities and rates are kept as
-``Decimal``; only the JSON rendering turns them into numbers.
+scenarios (renewals, rejections, failed marketplace reports). It is thread-safe because uvicorn
+serves the app from its own thread while tests poke at the state from theirs. Quantities and rates
+are kept as ``Decimal``; only the JSON rendering turns them into numbers.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 PARTNERS = ("AWS", "AZURE", "GCP")
-ENTITLEMENT_STATUSES = ("ACTIVE", "CANCELLED", "DELETED", "PENDING_CANCEL", "PENDING_START", "SUSPENDED")
+ENTITLEMENT_STATUSES = ("ACTIVE", "CANCELLED", "DELETED", "PENDING_CANCEL", "PENDING_START",
+                        "SUSPENDED")
 REPORTABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")
 GROUP_STATUSES = ("CREATED", "INVALID", "REPORT_PENDING", "REPORTED", "REPORT_FAILED", "DELETED")
 ALL_ZERO_MESSAGE = "all the quantity of usage records are zero"
@@ -41,29 +42,18 @@ class SugerError(Exception):
 
 def utc(value: datetime) -> datetime:
     """Naive datetimes are taken as UTC, as Suger documents every timestamp in UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 def rfc3339(value: datetime) -> str:
-    """Go-style RFC 3339 with ``Z`` (fraction only when non-zero), the format Suger's backend emits."""
+    """Go-style RFC 3339 with ``Z`` (fraction only when non-zero), as Suger's backend emits it."""
     value = utc(value)
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
     return text + "Z"
-
-
-def parse_time(value: Any, field: str) -> datetime:
-    """Parse an RFC 3339 request timestamp; anything else is the caller's 400."""
-    if not isinstance(value, str):
-        raise SugerError(400, f"{field} must be an RFC 3339 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or value[10:11] not in ("T", "t"):
-        raise SugerError(400, f"{field} is not an RFC 3339 timestamp with offset: {value!r}")
-    return utc(parsed)
 
 
 def render(value: Any) -> Any:
@@ -90,7 +80,7 @@ def _partner(value: str) -> str:
 
 
 def _valid_mapping_value(value: Any) -> bool:
-    """A UsageMeteringDimensionMappingValue: a target key, a known mode, a non-negative multiplier."""
+    """A UsageMeteringDimensionMappingValue: target key, known mode, non-negative multiplier."""
     if not isinstance(value, dict) or not isinstance(value.get("dimensionKey"), str):
         return False
     multiplier = value.get("convertionMultiplier")
@@ -166,7 +156,8 @@ class SugerState:
                     continue
                 structured = field in ("companyInfo", "paymentConfig")
                 if not isinstance(value, dict if structured else str):
-                    raise SugerError(400, f"{field} must be {'an object' if structured else 'a string'}")
+                    kind = "an object" if structured else "a string"
+                    raise SugerError(400, f"{field} must be {kind}")
                 target = buyer if field in ("name", "description") else buyer["info"]
                 if value == "":
                     if field != "name":  # a buyer always keeps a name
@@ -181,7 +172,7 @@ class SugerState:
                         status: str = "ACTIVE", start_time: datetime | None = None,
                         end_time: datetime | None = None, id: str | None = None,
                         product_id: str | None = None, name: str | None = None) -> JsonDict:
-        """Add an entitlement with a Signup term; start defaults to 90 days before the clock's day."""
+        """Add an entitlement with a Signup term; start defaults to 90 days before today."""
         with self._lock:
             buyer = self._buyers.get(buyer_id)
             if buyer is None:
@@ -247,7 +238,7 @@ class SugerState:
             return render(self._terms[entitlement_id])
 
     def renew_entitlement(self, entitlement_id: str, *, at: datetime) -> JsonDict:
-        """Start an AutoRenew term at ``at`` (same length as the previous one); it becomes current then."""
+        """Start an AutoRenew term at ``at``, as long as the previous one; current from ``at``."""
         with self._lock:
             self._entitlement(entitlement_id)
             at = utc(at)
@@ -268,18 +259,6 @@ class SugerState:
             ent = self._entitlement(entitlement_id)
             ent["status"], ent["lastUpdateTime"] = status, self.now()
 
-    def product_dimensions(self, product_id: str) -> list[JsonDict]:
-        """MeteringDimensions of a product, gathered from its entitlements (first occurrence wins)."""
-        with self._lock:
-            found: dict[str, JsonDict] = {}
-            ents = [e for e in self._entitlements.values() if e["productID"] == product_id]
-            if not ents:
-                raise SugerError(404, f"product {product_id} not found")
-            for ent in ents:
-                for dim in ent["info"]["dimensions"]:
-                    found.setdefault(dim["key"], dim)
-            return render(list(found.values()))
-
     # -- metering config --------------------------------------------------------------------------
     def metering_config(self) -> JsonDict:
         with self._lock:
@@ -292,7 +271,7 @@ class SugerState:
             raise SugerError(400, "partnerUsageMeteringConfigs must be an array")
         for entry in entries:
             if not isinstance(entry, dict) or entry.get("partner") not in PARTNERS:
-                raise SugerError(400, f"each partner usage metering config needs partner in {PARTNERS}")
+                raise SugerError(400, f"each partner config needs a partner in {PARTNERS}")
             mapping = entry.get("dimensionMappingV2") or {}
             for values in mapping.values() if isinstance(mapping, dict) else [None]:
                 for value in values if isinstance(values, list) else [None]:
@@ -301,76 +280,11 @@ class SugerState:
         with self._lock:
             self._config = {"partnerUsageMeteringConfigs": copy.deepcopy(entries)}
 
-    def _convert(self, records: dict[str, Decimal], ent: JsonDict) -> dict[str, Decimal]:
-        """Suger's own dimension mapping, applied on ingest when enabled for the partner."""
-        cfg = next((c for c in self._config["partnerUsageMeteringConfigs"]
-                    if c.get("partner") == ent["partner"] and c.get("enableDimensionMapping")), None)
-        if cfg is None:
-            return dict(records)
-        mapping = cfg.get("dimensionMappingV2") or {}
-        rates = {d["key"]: d["rate"] for d in ent["info"]["dimensions"]}
-        out: dict[str, Decimal] = defaultdict(Decimal)
-        for key, qty in records.items():
-            for value in mapping.get(key) or [{"dimensionKey": key, "convertionMultiplier": 1}]:
-                dest = value["dimensionKey"]
-                if value.get("mappingMode") == "AMOUNT":
-                    if not rates.get(dest):
-                        raise SugerError(400, f"dimension {dest} has no rate for AMOUNT mapping")
-                    out[dest] += qty / rates[dest]
-                else:  # Go zero value: a missing or 0 multiplier means 1
-                    out[dest] += qty * Decimal(str(value.get("convertionMultiplier") or 1))
-        return dict(out)
-
-    # -- usage record groups: ingest --------------------------------------------------------------
-    def prepare_group(self, item: Any, *, entitlement_id: str | None = None) -> JsonDict:
-        """Validate one CreateUsageRecordGroupParams / NewUsageRecordGroup; return the group to store.
-
-        ``entitlement_id`` is the path's entitlement for the single-report route (the body must
-        agree); batch items name their entitlement in the body only.
-        """
-        if not isinstance(item, dict):
-            raise SugerError(400, "usage record group must be a JSON object")
-        body_ent = item.get("entitlementID")
-        if not isinstance(body_ent, str) or not body_ent:
-            raise SugerError(400, "entitlementID is required")
-        if entitlement_id is not None and body_ent != entitlement_id:
-            raise SugerError(400, f"entitlementID {body_ent} does not match the path {entitlement_id}")
+    # -- usage record groups: ingest (the app validates bodies; the state keeps ids unique) -------
+    def entitlement_snapshot(self, entitlement_id: str) -> JsonDict:
+        """A private copy of the stored entitlement (Decimal rates) for request validation."""
         with self._lock:
-            try:
-                ent = self._entitlement(body_ent)
-            except SugerError:
-                if entitlement_id is not None:
-                    raise
-                raise SugerError(400, f"entitlement {body_ent} not found") from None
-            if item.get("billableRecords"):
-                raise SugerError(400, "billableRecords (metering API v2) is not supported by the emulator")
-            records = item.get("records")
-            if not isinstance(records, dict):
-                raise SugerError(400, "records is required and must be an object of numbers")
-            origin: dict[str, Decimal] = {}
-            for key, qty in records.items():
-                if isinstance(qty, bool) or not isinstance(qty, (int, float, Decimal)):
-                    raise SugerError(400, f"quantity of record {key} must be a number")
-                if qty < 0:
-                    raise SugerError(400, f"quantity of record {key} must not be negative: {qty}")
-                origin[key] = Decimal(str(qty))
-            if not any(origin.values()):
-                raise SugerError(400, ALL_ZERO_MESSAGE)
-            raw_ts = item.get("timestamp")
-            timestamp = self.now() if raw_ts in (None, "") else parse_time(raw_ts, "timestamp")
-            if ent["status"] not in REPORTABLE_STATUSES:
-                raise SugerError(400, f"entitlement {body_ent} is {ent['status']}: usage can only "
-                                      f"be reported for {' or '.join(REPORTABLE_STATUSES)} entitlements")
-            converted = self._convert(origin, ent)
-            known = {d["key"] for d in ent["info"]["dimensions"]} | \
-                {d["name"] for d in ent["info"]["dimensions"]}
-            for key in converted:
-                if key not in known:
-                    raise SugerError(400, f"record key {key!r} is not a metering dimension key or "
-                                          f"name of entitlement {body_ent}")
-            return {"entitlementID": body_ent, "buyerID": ent["buyerID"], "partner": ent["partner"],
-                    "records": converted,
-                    "metaInfo": {"originRecords": origin, "timestamp": timestamp, "source": "API"}}
+            return copy.deepcopy(self._entitlement(entitlement_id))
 
     def check_rejection(self, entitlement_ids: Iterable[str]) -> None:
         """Raise (and consume) the first configured ``reject_next`` among these entitlements."""
@@ -419,22 +333,6 @@ class SugerState:
             raise SugerError(404, f"usage record group {group_id} not found")
         return self._groups[group_id]
 
-    def list_groups(self, *, start: date, end: date, status: str | None = None,
-                    **filters: str | None) -> list[JsonDict]:
-        """Groups created within [start, end] (UTC dates); DELETED only when asked for by status."""
-        with self._lock:
-            out = []
-            for g in self._groups.values():
-                ent = self._entitlements[g["entitlementID"]]
-                fields = {**g, "productID": ent["productID"], "source": g["metaInfo"]["source"]}
-                if not start <= g["creationTime"].date() <= end:
-                    continue
-                if (g["status"] == "DELETED" and status != "DELETED") or status not in (None, g["status"]):
-                    continue
-                if all(v is None or fields.get(k) == v for k, v in filters.items()):
-                    out.append(render(g))
-            return out
-
     def set_group_status(self, group_id: str, status: str) -> None:
         """Test hook: force a status (e.g. INVALID, which the API itself never produces)."""
         if status not in GROUP_STATUSES:
@@ -445,11 +343,12 @@ class SugerState:
             self._queued_at[group_id] = self.now()
 
     def retry_group(self, group_id: str) -> JsonDict:
-        """REPORT_FAILED → CREATED, queued for the next hourly run (not the one that just failed)."""
+        """REPORT_FAILED → CREATED, queued for the next hourly run (not the one that failed)."""
         with self._lock:
             group = self._group(group_id)
             if group["status"] != "REPORT_FAILED":
-                raise SugerError(400, f"only REPORT_FAILED groups can be retried; {group_id} is {group['status']}")
+                raise SugerError(400, f"only REPORT_FAILED groups can be retried; "
+                                      f"{group_id} is {group['status']}")
             now = self.now()
             group.update(status="CREATED", lastUpdateTime=now, usageRecordReportID=None)
             self._queued_at[group_id] = now
@@ -459,26 +358,28 @@ class SugerState:
         with self._lock:
             group = self._group(group_id)
             if group["status"] not in ("CREATED", "INVALID"):
-                raise SugerError(400, f"only CREATED or INVALID groups can be deleted; {group_id} is {group['status']}")
+                raise SugerError(400, f"only CREATED or INVALID groups can be deleted; "
+                                      f"{group_id} is {group['status']}")
             group.update(status="DELETED", lastUpdateTime=self.now())
             return render(group)
 
     # -- fault injection and the hourly forwarder -------------------------------------------------
-    def reject_next(self, entitlement_id: str, message: str, *, status: int = 400, times: int = 1) -> None:
-        """The next ``times`` report POSTs (single or batch) naming this entitlement get ``status``."""
+    def reject_next(self, entitlement_id: str, message: str, *, status: int = 400,
+                    times: int = 1) -> None:
+        """The next ``times`` report POSTs (single or batch) for this entitlement get ``status``."""
         with self._lock:
             self._rejections[entitlement_id].extend([(status, message)] * times)
 
     def fail_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
-        """The next ``times`` forwarder reports (one per entitlement per run) fail: REPORT_FAILED."""
+        """The next ``times`` forwarder reports (one per entitlement per run) end REPORT_FAILED."""
         with self._lock:
             self._failing_reports[entitlement_id] += times
 
     def run_forwarder(self, now: datetime | None = None) -> list[str]:
-        """Forward every CREATED group queued up to ``now`` (default: the clock); returns changed ids."""
+        """Forward every CREATED group queued up to ``now`` (default: the clock); return ids."""
         with self._lock:
             at = utc(now) if now else self.now()
-            due = [g for g in self._groups.values() if g["status"] == "CREATED" and self._queued_at[g["id"]] <= at]
+            due = [g for g in self._created() if self._queued_at[g["id"]] <= at]
             return self._forward(due, lambda _group: at)
 
     def tick(self) -> list[str]:
@@ -486,8 +387,12 @@ class SugerState:
         each by the first hourly run after it was queued. The app calls this on every request."""
         with self._lock:
             cutoff = _hour_floor(self.now())
-            due = [g for g in self._groups.values() if g["status"] == "CREATED" and self._queued_at[g["id"]] < cutoff]
-            return self._forward(due, lambda g: _hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1))
+            due = [g for g in self._created() if self._queued_at[g["id"]] < cutoff]
+            return self._forward(
+                due, lambda g: _hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1))
+
+    def _created(self) -> list[JsonDict]:
+        return [g for g in self._groups.values() if g["status"] == "CREATED"]
 
     def _forward(self, due: list[JsonDict], run_time: Callable[[JsonDict], datetime]) -> list[str]:
         """One usage record report per (entitlement, run), as Suger aggregates per entitlement."""

@@ -1,7 +1,9 @@
 """Fixtures for the client tests: a real sandbox on 127.0.0.1 and clients wired to it.
 
-Retries use a fast policy and a recording ``sleep`` that never sleeps, with a fake clock that advances by
-the requested waits, so the tests can assert the exact waits (Retry-After, back-off, total cap) without
+Retries use a fast policy and a recording ``sleep`` that never sleeps, with a fake clock that
+advances by
+the requested waits, so the tests can assert the exact waits (Retry-After, back-off, total cap)
+without
 depending on wall-clock time.
 """
 
@@ -17,7 +19,9 @@ from metronome_suger.clients import MetronomeClient, RetryPolicy, SugerClient
 
 NOW = datetime(2026, 11, 25, 14, tzinfo=timezone.utc)
 
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05, max_total_seconds=30.0, jitter=0.0)
+FAST_RETRY = RetryPolicy(
+    max_attempts=4, initial_wait=0.01, max_wait=0.05, max_total_seconds=30.0, jitter=0.0
+)
 
 
 class RecordingSleep:
@@ -57,14 +61,24 @@ def suger_key(sb: Any) -> str:
 
 
 def make_metronome(sb: Any, sleeper: RecordingSleep, **kwargs: Any) -> MetronomeClient:
-    options: dict[str, Any] = {"retry": FAST_RETRY, "timeout": 5.0, "sleep": sleeper, "clock": sleeper.clock}
+    options: dict[str, Any] = {
+        "retry": FAST_RETRY,
+        "timeout": 5.0,
+        "sleep": sleeper,
+        "clock": sleeper.clock,
+    }
     options.update(kwargs)
     token = options.pop("token", metronome_token(sb))
     return MetronomeClient(sb.metronome_url, token, **options)
 
 
 def make_suger(sb: Any, sleeper: RecordingSleep, **kwargs: Any) -> SugerClient:
-    options: dict[str, Any] = {"retry": FAST_RETRY, "timeout": 5.0, "sleep": sleeper, "clock": sleeper.clock}
+    options: dict[str, Any] = {
+        "retry": FAST_RETRY,
+        "timeout": 5.0,
+        "sleep": sleeper,
+        "clock": sleeper.clock,
+    }
     options.update(kwargs)
     key = options.pop("api_key", suger_key(sb))
     org_id = options.pop("org_id", sb.org_id)

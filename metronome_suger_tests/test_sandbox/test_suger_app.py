@@ -1,53 +1,32 @@
-"""The Suger emulator over real HTTP on 127.0.0.1: routes, error shapes, paging and the status lifecycle."""
+"""The Suger emulator over real HTTP on 127.0.0.1: routes, errors, paging, the status lifecycle."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from metronome_suger.sandbox.clock import SandboxClock
-from metronome_suger.sandbox.suger_app import create_suger_app
+from metronome_suger.sandbox.constants import ORG_ID, SUGER_API_KEY
+from metronome_suger.sandbox.server import Sandbox
 from metronome_suger.sandbox.suger_state import ALL_ZERO_MESSAGE, SugerError, SugerState
 
-ORG = "org-test"
-KEY = "test-key"
+ORG = ORG_ID
+KEY = SUGER_API_KEY
 NOW = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc)
 DIMS = [{"key": "cpu_hour", "name": "CPU hours", "rate": 0.25},
         {"key": "usage_fee", "name": "Usage fee", "rate": 0.01}]
 
 
-@contextmanager
-def serve(state: SugerState, api_key: str = KEY) -> Iterator[str]:
-    """Serve the app with uvicorn in a thread; the socket listens before the thread starts, so
-    requests queue in the backlog instead of needing a readiness wait."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(create_suger_app(state, api_key=api_key),
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @dataclass
 class Env:
-    """One emulator: its state, clock, an authorized HTTP client, and a staged buyer + entitlement."""
+    """An empty sandbox's Suger side, an authorized client, and one staged buyer + entitlement."""
 
     state: SugerState
     clock: SandboxClock
@@ -56,10 +35,14 @@ class Env:
     buyer: dict[str, Any]
     ent: dict[str, Any]
 
-    def report(self, records: dict[str, Any], *, ent_id: str | None = None, **extra: Any) -> httpx.Response:
+    def report(self, records: dict[str, Any], *, ent_id: str | None = None,
+               **extra: Any) -> httpx.Response:
         ent_id = ent_id or self.ent["id"]
         body = {"organizationID": ORG, "entitlementID": ent_id, "records": records, **extra}
         return self.http.post(f"/org/{ORG}/entitlement/{ent_id}/usageRecordGroup", json=body)
+
+    def patch_buyer(self, body: dict[str, Any]) -> httpx.Response:
+        return self.http.patch(f"/org/{ORG}/buyer/{self.buyer['id']}", json=body)
 
     def list_groups(self, **params: Any) -> dict[str, Any]:
         response = self.http.get(f"/org/{ORG}/usageRecordGroup", params=params)
@@ -73,13 +56,14 @@ class Env:
 
 @pytest.fixture
 def env() -> Iterator[Env]:
-    clock = SandboxClock(NOW)
-    state = SugerState(ORG, clock)
-    buyer = state.add_buyer("Acme", partner="AWS", metronome_customer_id="cust-acme")
-    ent = state.add_entitlement(buyer["id"], partner="AWS", dimensions=DIMS, product_id="prod-1")
-    with serve(state) as url, httpx.Client(base_url=url, headers={"Authorization": f"Key {KEY}"},
-                                           timeout=10) as http:
-        yield Env(state, clock, url, http, buyer, ent)
+    with Sandbox(customers=0, now=NOW) as sandbox:
+        state = sandbox.suger
+        buyer = state.add_buyer("Acme", partner="AWS", metronome_customer_id="cust-acme")
+        ent = state.add_entitlement(buyer["id"], partner="AWS", dimensions=DIMS,
+                                    product_id="prod-1")
+        headers = {"Authorization": f"Key {KEY}"}
+        with httpx.Client(base_url=sandbox.suger_url, headers=headers, timeout=10) as http:
+            yield Env(state, sandbox.clock, sandbox.suger_url, http, buyer, ent)
 
 
 # -- auth, org, routing -------------------------------------------------------------------------
@@ -103,7 +87,7 @@ def test_unknown_route_is_404_json(env: Env) -> None:
     assert response.json() == {"message": "Not Found"}
 
 
-# -- buyers -----------------------------------------------------------------------------------------
+# -- buyers ---------------------------------------------------------------------------------------
 def test_buyers_list_is_plain_array_filtered_and_paged(env: Env) -> None:
     for i in range(4):
         env.state.add_buyer(f"Azure {i}", partner="AZURE", id=f"az-{i}")
@@ -111,7 +95,8 @@ def test_buyers_list_is_plain_array_filtered_and_paged(env: Env) -> None:
     assert isinstance(everyone, list) and len(everyone) == 5
     azure = env.http.get(f"/org/{ORG}/buyer", params={"partner": "AZURE"}).json()
     assert [b["id"] for b in azure] == ["az-0", "az-1", "az-2", "az-3"]
-    page = env.http.get(f"/org/{ORG}/buyer", params={"partner": "AZURE", "limit": 3, "offset": 2}).json()
+    params: dict[str, Any] = {"partner": "AZURE", "limit": 3, "offset": 2}
+    page = env.http.get(f"/org/{ORG}/buyer", params=params).json()
     assert [b["id"] for b in page] == ["az-2", "az-3"]
     assert env.http.get(f"/org/{ORG}/buyer", params={"limit": 1001}).status_code == 400
     assert env.http.get(f"/org/{ORG}/buyer", params={"partner": "IBM"}).status_code == 400
@@ -128,20 +113,20 @@ def test_get_buyer_and_unknown_buyer(env: Env) -> None:
 def test_patch_buyer_links_metronome_customer_and_keeps_other_fields(env: Env) -> None:
     env.state.update_buyer(env.buyer["id"], {"orbCustomerId": "orb-1"})
     env.clock.advance(timedelta(minutes=5))
-    response = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": "cust-new"})
+    response = env.patch_buyer({"metronomeCustomerId": "cust-new"})
     assert response.status_code == 200
     buyer = response.json()
     assert buyer["info"] == {"metronomeCustomerId": "cust-new", "orbCustomerId": "orb-1"}
     assert buyer["name"] == "Acme" and buyer["lastUpdateTime"] == "2026-11-25T12:35:00Z"
-    unchanged = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"name": None}).json()
+    unchanged = env.patch_buyer({"name": None}).json()
     assert unchanged["name"] == "Acme" and unchanged["info"]["metronomeCustomerId"] == "cust-new"
-    cleared = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": ""}).json()
+    cleared = env.patch_buyer({"metronomeCustomerId": ""}).json()
     assert "metronomeCustomerId" not in cleared["info"]
 
 
 def test_patch_buyer_errors(env: Env) -> None:
     assert env.http.patch(f"/org/{ORG}/buyer/nope", json={"name": "x"}).status_code == 404
-    bad_type = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", json={"metronomeCustomerId": 7})
+    bad_type = env.patch_buyer({"metronomeCustomerId": 7})
     assert bad_type.status_code == 400 and "metronomeCustomerId" in bad_type.json()["message"]
     malformed = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", content=b"{not json")
     assert malformed.status_code == 400 and "JSON" in malformed.json()["message"]
@@ -150,7 +135,8 @@ def test_patch_buyer_errors(env: Env) -> None:
 # -- entitlements ---------------------------------------------------------------------------------
 def test_entitlement_shape(env: Env) -> None:
     ent = env.http.get(f"/org/{ORG}/entitlement/{env.ent['id']}").json()
-    assert ent["buyerID"] == env.buyer["id"] and ent["partner"] == "AWS" and ent["status"] == "ACTIVE"
+    assert ent["buyerID"] == env.buyer["id"]
+    assert ent["partner"] == "AWS" and ent["status"] == "ACTIVE"
     assert ent["productID"] == "prod-1" and ent["organizationID"] == ORG and ent["endTime"] is None
     assert ent["startTime"] == "2026-08-27T00:00:00Z"  # default: 90 days before the clock's day
     assert ent["info"]["dimensions"] == [{"key": "cpu_hour", "name": "CPU hours", "rate": 0.25},
@@ -161,13 +147,14 @@ def test_entitlement_shape(env: Env) -> None:
 def test_entitlements_filtered_and_paged(env: Env) -> None:
     gcp = env.state.add_buyer("G", partner="GCP", id="gcp-buyer")
     for i in range(3):
-        env.state.add_entitlement(gcp["id"], partner="GCP", dimensions=DIMS, id=f"g-{i}", product_id="prod-g")
+        env.state.add_entitlement(gcp["id"], partner="GCP", dimensions=DIMS, id=f"g-{i}",
+                                  product_id="prod-g")
     by_buyer = env.http.get(f"/org/{ORG}/entitlement", params={"buyerId": "gcp-buyer"}).json()
     assert [e["id"] for e in by_buyer] == ["g-0", "g-1", "g-2"]
     by_partner = env.http.get(f"/org/{ORG}/entitlement", params={"partner": "AWS"}).json()
     assert [e["id"] for e in by_partner] == [env.ent["id"]]
-    by_product = env.http.get(f"/org/{ORG}/entitlement", params={"productId": "prod-g", "offset": 1,
-                                                               "limit": 1}).json()
+    params: dict[str, Any] = {"productId": "prod-g", "offset": 1, "limit": 1}
+    by_product = env.http.get(f"/org/{ORG}/entitlement", params=params).json()
     assert [e["id"] for e in by_product] == ["g-1"]
     assert len(env.http.get(f"/org/{ORG}/entitlement").json()) == 4
 
@@ -181,7 +168,8 @@ def test_terms_and_renewal_switch_entitlement_term_at_renewal_time(env: Env) -> 
     assert ent["entitlementTermID"] == terms[0]["id"]
     renewal = env.state.renew_entitlement("ren", at=end)
     before = env.http.get(f"/org/{ORG}/entitlement/ren").json()
-    assert before["entitlementTermID"] == terms[0]["id"] and before["endTime"] == "2026-12-15T12:30:00Z"
+    assert before["entitlementTermID"] == terms[0]["id"]
+    assert before["endTime"] == "2026-12-15T12:30:00Z"
     env.clock.set(end + timedelta(seconds=1))
     after = env.http.get(f"/org/{ORG}/entitlement/ren").json()
     assert after["entitlementTermID"] == renewal["id"] != terms[0]["id"]
@@ -199,13 +187,15 @@ def test_product_dimensions(env: Env) -> None:
     assert env.http.get(f"/org/{ORG}/product/nope/dimension").status_code == 404
 
 
-# -- reporting ----------------------------------------------------------------------------------------
+# -- reporting ------------------------------------------------------------------------------------
 def test_report_returns_created_group_with_meta_info(env: Env) -> None:
-    response = env.report({"cpu_hour": 1.5, "usage_fee": 0}, id="g-1", timestamp="2026-11-25T11:00:00Z")
+    response = env.report({"cpu_hour": 1.5, "usage_fee": 0}, id="g-1",
+                          timestamp="2026-11-25T11:00:00Z")
     assert response.status_code == 200, response.text
     group = response.json()
     assert group == {
-        "id": "g-1", "organizationID": ORG, "entitlementID": env.ent["id"], "buyerID": env.buyer["id"],
+        "id": "g-1", "organizationID": ORG, "entitlementID": env.ent["id"],
+        "buyerID": env.buyer["id"],
         "partner": "AWS", "records": {"cpu_hour": 1.5, "usage_fee": 0}, "status": "CREATED",
         "creationTime": "2026-11-25T12:30:00Z", "lastUpdateTime": "2026-11-25T12:30:00Z",
         "reportedTime": None, "serialID": 1, "usageRecordReportID": None,
@@ -226,9 +216,22 @@ def test_report_without_id_or_timestamp_generates_both(env: Env) -> None:
 
 def test_repeated_id_is_409_whatever_the_body(env: Env) -> None:
     assert env.report({"cpu_hour": 1}, id="dup").status_code == 200
-    again = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup", json={"id": "dup"})
+    url = f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup"
+    again = env.http.post(url, json={"id": "dup"})
     assert again.status_code == 409 and "dup" in again.json()["message"]
     assert len(env.state.groups()) == 1
+
+
+def test_concurrent_reports_of_one_id_store_exactly_one_group(env: Env) -> None:
+    body = {"id": "race", "organizationID": ORG, "entitlementID": env.ent["id"],
+            "records": {"cpu_hour": 1}}
+    url = f"{env.url}/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup"
+    headers = {"Authorization": f"Key {KEY}"}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(lambda _: httpx.post(url, json=body, headers=headers).status_code,
+                              range(8)))
+    assert sorted(codes) == [200] + [409] * 7
+    assert [g["id"] for g in env.state.groups()] == ["race"]
 
 
 @pytest.mark.parametrize(("records", "needle"), [
@@ -247,7 +250,8 @@ def test_invalid_records_are_400(env: Env, records: dict[str, Any], needle: str)
 
 
 def test_all_zero_message_is_exact(env: Env) -> None:
-    assert env.report({"cpu_hour": 0}).json() == {"message": "all the quantity of usage records are zero"}
+    expected = {"message": "all the quantity of usage records are zero"}
+    assert env.report({"cpu_hour": 0}).json() == expected
 
 
 @pytest.mark.parametrize("status", ["CANCELLED", "SUSPENDED", "PENDING_START", "DELETED"])
@@ -291,9 +295,10 @@ def test_reject_next_answers_configured_status_then_recovers(env: Env) -> None:
     assert env.report({"cpu_hour": 1}, id="r-1").status_code == 200
 
 
-# -- batch ------------------------------------------------------------------------------------------
+# -- batch ----------------------------------------------------------------------------------------
 def test_batch_create_stores_all_or_nothing(env: Env) -> None:
-    good = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}, "timestamp": "2026-11-25T11:00:00Z"}
+    good = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 1},
+            "timestamp": "2026-11-25T11:00:00Z"}
     bad = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 0}}
     rejected = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, bad])
     assert rejected.status_code == 400 and rejected.json()["message"] == ALL_ZERO_MESSAGE
@@ -304,7 +309,8 @@ def test_batch_create_stores_all_or_nothing(env: Env) -> None:
     created = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, good])
     assert created.status_code == 200
     groups = created.json()
-    assert [g["status"] for g in groups] == ["CREATED", "CREATED"] and groups[0]["id"] != groups[1]["id"]
+    assert [g["status"] for g in groups] == ["CREATED", "CREATED"]
+    assert groups[0]["id"] != groups[1]["id"]
     assert groups[0]["metaInfo"]["timestamp"] == "2026-11-25T11:00:00Z"
     assert len(env.state.groups()) == 2
 
@@ -336,7 +342,8 @@ def test_list_groups_filters(env: Env) -> None:
     env.report({"cpu_hour": 1}, id="b", ent_id="e2")
     ids = lambda **p: [g["id"] for g in env.list_groups(**p)["usageRecordGroups"]]  # noqa: E731
     assert ids() == ["a", "b"]
-    assert ids(entitlementId="e2") == ids(buyerId=other_buyer["id"]) == ids(partner="AZURE") == ["b"]
+    assert ids(entitlementId="e2") == ids(buyerId=other_buyer["id"]) == ["b"]
+    assert ids(partner="AZURE") == ["b"]
     assert ids(productId="prod-1") == ["a"]
     assert ids(status="REPORTED") == [] and ids(source="API") == ["a", "b"]
     two = env.http.get(f"/org/{ORG}/usageRecordGroup", params={"partner": "AWS", "buyerId": "b2"})
@@ -370,7 +377,7 @@ def test_list_groups_offset_paging(env: Env) -> None:
     assert env.list_groups(limit=5)["nextOffset"] == 0
 
 
-# -- lifecycle ---------------------------------------------------------------------------------------
+# -- lifecycle ------------------------------------------------------------------------------------
 def test_explicit_forwarder_reports_created_groups(env: Env) -> None:
     env.report({"cpu_hour": 1}, id="f1")
     env.report({"cpu_hour": 2}, id="f2")
@@ -427,9 +434,10 @@ def test_delete_only_created_or_invalid(env: Env) -> None:
     env.report({"cpu_hour": 1}, id="d2")
     env.report({"cpu_hour": 1}, id="d3")
     env.state.set_group_status("d3", "INVALID")
-    wrong_day = env.http.delete(f"/org/{ORG}/usageRecordGroup/d1", params={"creationDate": "2026-11-24"})
+    url = f"/org/{ORG}/usageRecordGroup/d1"
+    wrong_day = env.http.delete(url, params={"creationDate": "2026-11-24"})
     assert wrong_day.status_code == 404
-    deleted = env.http.delete(f"/org/{ORG}/usageRecordGroup/d1", params={"creationDate": "2026-11-25"})
+    deleted = env.http.delete(url, params={"creationDate": "2026-11-25"})
     assert deleted.status_code == 200 and deleted.json()["status"] == "DELETED"
     assert env.http.delete(f"/org/{ORG}/usageRecordGroup/d3").json()["status"] == "DELETED"
     assert [g["id"] for g in env.list_groups()["usageRecordGroups"]] == ["d2"]
@@ -441,14 +449,14 @@ def test_delete_only_created_or_invalid(env: Env) -> None:
     assert env.report({"cpu_hour": 1}, id="d1").status_code == 409  # the id stays taken
 
 
-# -- metering config ---------------------------------------------------------------------------------
+# -- metering config ------------------------------------------------------------------------------
 def test_metering_config_default_patch_and_validation(env: Env) -> None:
     url = f"/org/{ORG}/usageMeteringConfigInfo"
     assert env.http.get(url).json() == {"partnerUsageMeteringConfigs": []}
     config = {"partnerUsageMeteringConfigs": [{
         "partner": "AWS", "enableDimensionMapping": True,
-        "dimensionMappingV2": {"cpu_seconds": [{"dimensionKey": "cpu_hour", "mappingMode": "QUANTITY",
-                                                "convertionMultiplier": 0.5}]}}]}
+        "dimensionMappingV2": {"cpu_seconds": [{
+            "dimensionKey": "cpu_hour", "mappingMode": "QUANTITY", "convertionMultiplier": 0.5}]}}]}
     assert env.http.patch(url, json=config).json() == config
     assert env.http.get(url).json() == config
     bad = env.http.patch(url, json={"partnerUsageMeteringConfigs": [{"partner": "IBM"}]})
@@ -463,7 +471,8 @@ def test_enabled_dimension_mapping_converts_on_ingest(env: Env) -> None:
     env.state.set_metering_config({"partnerUsageMeteringConfigs": [{
         "partner": "AWS", "enableDimensionMapping": True,
         "dimensionMappingV2": {
-            "cpu_seconds": [{"dimensionKey": "cpu_hour", "mappingMode": "QUANTITY", "convertionMultiplier": 0.5}],
+            "cpu_seconds": [{"dimensionKey": "cpu_hour", "mappingMode": "QUANTITY",
+                             "convertionMultiplier": 0.5}],
             "metronome": [{"dimensionKey": "usage_fee", "mappingMode": "AMOUNT"}]}}]})
     group = env.report({"cpu_seconds": 3, "metronome": 1.5}).json()
     assert group["records"] == {"cpu_hour": 1.5, "usage_fee": 150}  # $1.5 at $0.01 per unit
@@ -472,7 +481,7 @@ def test_enabled_dimension_mapping_converts_on_ingest(env: Env) -> None:
     assert unmapped.status_code == 400 and "bogus" in unmapped.json()["message"]
 
 
-# -- state API used directly by tests and scenarios ---------------------------------------------------
+# -- state API used directly by tests and scenarios -----------------------------------------------
 def test_state_accepts_callable_clock_and_guards_bad_input() -> None:
     state = SugerState("o", lambda: NOW)
     buyer = state.add_buyer("B", partner="GCP", id="b")

@@ -1,0 +1,98 @@
+"""``metronome-suger``: sandbox | demo | dev | verify | link | status (CONTRACT §2).
+
+Every command announces the configuration file in use on its first line, and turns configuration and
+API errors into one clear message and exit code 1 instead of a traceback.
+"""
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from datetime import datetime
+
+from metronome_suger.clients.http import ApiError
+from metronome_suger.config import ConfigError, LoadedConfig, load_config
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metronome-suger", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sandbox = sub.add_parser("sandbox", help="run the Metronome and Suger emulators until Ctrl-C")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--metronome-port", type=int, default=8701)
+    sandbox.add_argument("--suger-port", type=int, default=8702)
+    sandbox.add_argument("--seed", type=int, default=0)
+    sandbox.add_argument("--customers", type=int, default=6)
+
+    demo = sub.add_parser("demo", help="run the last windows end to end against the sandbox")
+    demo.add_argument("--windows", type=int, default=6, help="how many closed windows (default 6)")
+    demo.add_argument("--mode", choices=["quantity", "amount_hourly", "amount_daily"], default=None,
+                      help="billing mode (default: the configuration's)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--customers", type=int, default=6)
+
+    sub.add_parser("dev", help="sandbox plus the Dagster UI on http://127.0.0.1:3000")
+    sub.add_parser("verify", help="check both connections and the configuration (Suger's VERIFY)")
+
+    link = sub.add_parser("link", help="connect a Suger buyer to a Metronome customer")
+    link.add_argument("buyer_id")
+    link.add_argument("metronome_customer_id")
+
+    status = sub.add_parser("status", help="per window: groups computed, sent, accepted, rejected, expired")
+    status.add_argument("--since", type=_parse_time, default=None, help="ISO-8601 start (default: 24 h ago)")
+    return parser
+
+
+def _announce(loaded: LoadedConfig) -> None:
+    print(loaded.announcement, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Dagster flags partitioned checks as "preview"; that is its business, not the user's output.
+    warnings.filterwarnings("ignore", module="dagster")
+    warnings.filterwarnings("ignore", message=".*(preview|beta).*")
+    try:
+        if args.command == "sandbox":
+            from metronome_suger.sandbox.server import serve_forever
+
+            serve_forever(host=args.host, metronome_port=args.metronome_port,
+                          suger_port=args.suger_port, seed=args.seed, customers=args.customers)
+            return 0
+        loaded = load_config()
+        _announce(loaded)
+        if args.command == "demo":
+            from metronome_suger.demo import run_demo
+
+            return run_demo(loaded.config, windows=args.windows, mode=args.mode,
+                            seed=args.seed, customers=args.customers)
+        if args.command == "dev":
+            from metronome_suger.demo import run_dev
+
+            return run_dev(loaded)
+        from metronome_suger import operations
+
+        if args.command == "verify":
+            return operations.verify(loaded.config)
+        if args.command == "link":
+            return operations.link(loaded.config, args.buyer_id, args.metronome_customer_id)
+        if args.command == "status":
+            return operations.status(loaded.config, since=args.since)
+    except (ConfigError, ApiError) as exc:
+        print(f"metronome-suger: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""``metronome-suger demo`` and ``dev``: the real pipeline, through Dagster, against the bundled sandbox."""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from metronome_suger.config import AppConfig, LoadedConfig
+from metronome_suger.core.windows import Window, last_closed_windows
+from metronome_suger.orchestration.definitions import build_definitions
+from metronome_suger.orchestration.resources import ClockResource
+from metronome_suger.storage.db import connect
+
+DEMO_DB = Path("data/demo/metronome_suger.duckdb")
+DAGSTER_YAML = "concurrency:\n  pools:\n    default_limit: 1\n"
+
+
+def sandbox_config(config: AppConfig, *, metronome_url: str, suger_url: str, org_id: str,
+                   duckdb_path: Path, start: datetime, mode: str | None) -> AppConfig:
+    """The user's conversion and options, pointed at the sandbox and a fresh demo database."""
+    data = config.model_dump(mode="json")
+    data["metronome"]["base_url"] = metronome_url
+    data["suger"].update(base_url=suger_url, org_id=org_id)
+    data["storage"]["duckdb_path"] = str(duckdb_path)
+    data["start"] = min(config.start, start).isoformat()
+    if mode:
+        data["billing_mode"] = mode
+    return AppConfig.model_validate(data)
+
+
+@dataclass
+class WindowSummary:
+    window: Window
+    success: bool
+    checks: dict[str, str]
+    error: str | None
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstance) -> WindowSummary:
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        partition_key=window.partition_key, instance=instance, raise_on_error=False, run_config=QUIET
+    )
+    checks = {
+        e.check_name: "ok" if e.passed else ("warn" if e.severity == dg.AssetCheckSeverity.WARN else "FAIL")
+        for e in result.get_asset_check_evaluations()
+    }
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = "; ".join(
+            f"{f.step_key} failed" + (f": {f.step_failure_data.user_failure_data.description}"
+                                      if f.step_failure_data and f.step_failure_data.user_failure_data else "")
+            for f in failures
+        ) or "run failed"
+    return WindowSummary(window, result.success, checks, error)
+
+
+def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
+    headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "checks", "delay"]
+    rows = []
+    money = "$" if config.amount_mode else ""
+    with connect(config.duckdb_path, read_only=True) as conn:
+        for s in summaries:
+            w = s.window
+            customers, groups = conn.execute(
+                "SELECT count(DISTINCT customer_id), count(*) FROM report_ledger WHERE window_start = ?",
+                [w.start],
+            ).fetchone()
+            dims = conn.execute(
+                """SELECT l.dimension_key, sum(l.quantity) FROM report_lines l
+                JOIN report_ledger g USING (record_group_id) WHERE g.window_start = ? GROUP BY 1 ORDER BY 1""",
+                [w.start],
+            ).fetchall()
+            statuses = conn.execute(
+                "SELECT status, count(*) FROM report_ledger WHERE window_start = ? GROUP BY 1 ORDER BY 1",
+                [w.start],
+            ).fetchall()
+            last = conn.execute(
+                "SELECT max(answered_at) FROM report_ledger WHERE window_start = ? AND status IN ('sent','accepted')",
+                [w.start],
+            ).fetchone()[0]
+            quantity = ", ".join(f"{k}={v.normalize():f}" for k, v in dims) or "-"
+            rows.append([
+                w.partition_key,
+                str(customers),
+                str(groups),
+                quantity if not money else quantity + " (from $ increases)",
+                ", ".join(f"{k}:{n}" for k, n in statuses) or "-",
+                " ".join(f"{name}:{verdict}" for name, verdict in sorted(s.checks.items())),
+                f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
+            ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, seed: int = 0,
+             customers: int = 6) -> int:
+    from metronome_suger.sandbox.server import Sandbox
+
+    hourly = (mode or config.billing_mode) != "amount_daily"
+    now = datetime.now(timezone.utc)
+    settle = timedelta(minutes=config.settle_minutes)
+    chosen = last_closed_windows(now - settle, hourly, windows, timedelta(0))
+    if DEMO_DB.parent.exists():
+        shutil.rmtree(DEMO_DB.parent)
+    with Sandbox(seed=seed, customers=customers, now=chosen[0].end) as sandbox:
+        os.environ.update(sandbox.env())
+        demo_config = sandbox_config(
+            config, metronome_url=sandbox.metronome_url, suger_url=sandbox.suger_url,
+            org_id=sandbox.suger.org_id, duckdb_path=DEMO_DB, start=chosen[0].start, mode=mode,
+        )
+        print(f"sandbox: Metronome {sandbox.metronome_url}, Suger {sandbox.suger_url}, "
+              f"billing mode {demo_config.billing_mode}, {len(chosen)} windows", flush=True)
+        instance = dg.DagsterInstance.ephemeral()
+        summaries = []
+        for window in chosen:  # replay each window as the schedule runs it: at close + settle time
+            tick = window.end + timedelta(minutes=demo_config.settle_minutes)
+            sandbox.clock.set(tick)
+            defs = build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())})
+            summaries.append(_run_window(defs, window, instance))
+    print(_table(demo_config, summaries))
+    for s in summaries:
+        if not s.success:
+            print(f"{s.window.partition_key}: {s.error}")
+    print(f"\nDuckDB file: {DEMO_DB} (tables: usage_records, report_ledger, ...)")
+    return 0
+
+
+def run_dev(loaded: LoadedConfig) -> int:
+    """Sandbox on its fixed ports plus ``dagster dev``; the instance limits the DuckDB pool to 1."""
+    from metronome_suger.sandbox.server import Sandbox
+
+    home = Path(".dagster_home").resolve()
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    with Sandbox(metronome_port=8701, suger_port=8702) as sandbox:
+        env = {**os.environ, **sandbox.env(), "DAGSTER_HOME": str(home)}
+        print(f"sandbox: Metronome {sandbox.metronome_url}, Suger {sandbox.suger_url}; "
+              "Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops both)", flush=True)
+        dagster = Path(sys.executable).with_name("dagster")
+        try:
+            return subprocess.call(
+                [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"], env=env
+            )
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,143 @@
+"""``verify``, ``link`` and ``status``: what an operator runs by hand (CONTRACT §2)."""
+
+from datetime import datetime, timedelta, timezone
+
+from metronome_suger.clients.http import ApiError, AuthError
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.suger import SugerClient
+from metronome_suger.config import AMOUNT_SOURCE_KEY, AppConfig, ConfigError
+from metronome_suger.core.conversion import (
+    LinkedEntitlement,
+    Metric,
+    find_gaps,
+    mapping_rows,
+    whitelisted_ids,
+)
+from metronome_suger.linkage import USABLE_STATUSES, resolve_links
+from metronome_suger.storage.db import connect
+
+
+def _metronome(config: AppConfig) -> MetronomeClient:
+    return MetronomeClient(config.metronome.base_url, config.metronome_token(),
+                           max_workers=config.max_concurrency)
+
+
+def _suger(config: AppConfig) -> SugerClient:
+    return SugerClient(config.suger.base_url, config.suger.org_id, config.suger_api_key())
+
+
+def verify(config: AppConfig) -> int:
+    """Suger's VERIFY: tokens accepted, mapping complete for the linked entitlements."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    metrics: list[Metric] = []
+    try:
+        with _metronome(config) as client:
+            metrics = [Metric(m.id, m.name, m.archived) for m in client.list_billable_metrics()]
+        print(f"Metronome: token accepted, {len(metrics)} billable metrics")
+    except (ConfigError, AuthError) as exc:
+        problems.append(f"Metronome: {exc}")
+    except ApiError as exc:
+        problems.append(f"Metronome unreachable or failing: {exc}")
+    links = []
+    try:
+        with _suger(config) as client:
+            links = resolve_links(client, config)
+            metering = client.get_usage_metering_config()
+        partners = sorted({link.entitlement.partner for link in links})
+        print(f"Suger: key accepted, {len(links)} customer → entitlement links on {', '.join(partners) or 'no partner'}")
+        for partner in partners:
+            own = metering.for_partner(partner)
+            if own and own.enableDimensionMapping:
+                warnings.append(
+                    f"Suger converts dimensions itself for {partner} (usageMeteringConfigInfo "
+                    "enableDimensionMapping): records would be converted twice"
+                )
+    except (ConfigError, AuthError) as exc:
+        problems.append(f"Suger: {exc}")
+    except ApiError as exc:
+        problems.append(f"Suger unreachable or failing: {exc}")
+    if metrics and links:
+        try:
+            reportable = whitelisted_ids(config, metrics)
+        except ValueError as exc:
+            problems.append(str(exc))
+            reportable = set()
+        if config.amount_mode:
+            keys = [AMOUNT_SOURCE_KEY]
+        else:
+            keys = sorted(m.name for m in metrics if m.id in reportable and not m.archived)
+        usable = [link for link in links if link.entitlement.status in USABLE_STATUSES]
+        partners = sorted({link.entitlement.partner for link in usable})
+        required = [(p, k, "reportable") for p in partners for k in keys]
+        ents = []
+        for link in usable:
+            rates = {}
+            for dim in link.entitlement.info.dimensions if link.entitlement.info else []:
+                rates[dim.key] = dim.rate
+                if dim.name:
+                    rates.setdefault(dim.name, dim.rate)
+            ents.append(LinkedEntitlement(link.entitlement.id, link.entitlement.partner, frozenset(rates), rates))
+        problems += [str(gap) for gap in find_gaps(required, mapping_rows(config, metrics), ents)]
+    warnings.append(
+        "Suger's own Metronome integration must have Auto Report Usage switched off, "
+        "or usage is reported twice"
+    )
+    for warning in warnings:
+        print(f"warning: {warning}")
+    if problems:
+        for problem in problems:
+            print(f"problem: {problem}")
+        print(f"NOT VERIFIED: {len(problems)} problem(s)")
+        return 1
+    print("VERIFIED")
+    return 0
+
+
+def link(config: AppConfig, buyer_id: str, metronome_customer_id: str) -> int:
+    """Suger's "Connect Metronome Customer", then what that customer now reports to."""
+    with _suger(config) as client:
+        buyer = client.link_metronome_customer(buyer_id, metronome_customer_id)
+        ents = client.list_entitlements(buyer_id=buyer.id)
+    print(f"buyer {buyer.id} ({buyer.name}) is linked to Metronome customer {metronome_customer_id}")
+    if not ents:
+        print("it has no entitlements yet: nothing will be reported for this customer")
+    for ent in ents:
+        usable = "reports" if ent.status in USABLE_STATUSES else "does not report"
+        dims = ", ".join(d.key for d in (ent.info.dimensions if ent.info else []))
+        print(f"  {ent.partner} entitlement {ent.id} [{ent.status}] {usable}; dimensions: {dims or '-'}")
+    return 0
+
+
+def status(config: AppConfig, *, since: datetime | None = None) -> int:
+    """Per window: groups computed, sent, accepted, rejected, expired, Suger statuses, over-reporting."""
+    since = since or datetime.now(timezone.utc) - timedelta(hours=24)
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    if not config.duckdb_path.exists():
+        print(f"no data yet: {config.duckdb_path} does not exist (run the pipeline first)")
+        return 0
+    with connect(config.duckdb_path, read_only=True) as conn:
+        rows = conn.execute(
+            """SELECT g.window_start, count(*) AS computed,
+                count(*) FILTER (WHERE status IN ('sent', 'accepted')) AS sent,
+                count(*) FILTER (WHERE status = 'accepted') AS accepted,
+                count(*) FILTER (WHERE status = 'rejected') AS rejected,
+                count(*) FILTER (WHERE status = 'expired') AS expired,
+                count(*) FILTER (WHERE status = 'pending') AS pending,
+                string_agg(DISTINCT suger_status, ',' ORDER BY suger_status) AS suger,
+                (SELECT count(*) FROM over_reported o WHERE o.window_start = g.window_start) AS over
+            FROM report_ledger g WHERE g.window_start >= ? GROUP BY g.window_start ORDER BY 1""",
+            [since],
+        ).fetchall()
+    headers = ("window (UTC)", "computed", "sent", "accepted", "rejected", "expired", "pending",
+               "suger statuses", "over-reported")
+    table = [headers] + [
+        (f"{r[0]:%Y-%m-%d %H:%M}", *(str(v) for v in r[1:7]), r[7] or "-", str(r[8])) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    if not rows:
+        print(f"no record groups since {since:%Y-%m-%d %H:%M} UTC")
+    return 0

@@ -1,0 +1,355 @@
+"""MetronomeClient against the Metronome emulator over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from metronome_suger.clients import (
+    USD_CREDIT_TYPE_ID,
+    BadRequestError,
+    BreakdownInvoice,
+    Invoice,
+    MalformedResponseError,
+    MetronomeClient,
+    NotFoundError,
+    UsageRow,
+)
+
+from .conftest import NOW, RecordingSleep, make_metronome
+
+UTC = timezone.utc
+HOUR = timedelta(hours=1)
+
+
+def _add_customer(sb: Any, name: str, **kwargs: Any) -> dict[str, Any]:
+    # Explicit ids: the emulator's seeded id generator can repeat ids the seeded scenario already
+    # used.
+    return dict(sb.metronome.add_customer(name, id=str(uuid.uuid4()), **kwargs))
+
+
+def _add_metric(sb: Any, name: str, **kwargs: Any) -> dict[str, Any]:
+    return dict(sb.metronome.add_billable_metric(name, id=str(uuid.uuid4()), **kwargs))
+
+
+def _query(entry: Any) -> dict[str, list[str]]:
+    return parse_qs(entry.query, keep_blank_values=True)
+
+
+# -------------------------------------------------------------------------------------------
+# customers
+
+
+def test_list_customers_matches_the_emulator_and_parses_every_field(
+    sandbox: Any, metronome: MetronomeClient
+) -> None:
+    expected = [c for c in sandbox.metronome.customers() if c["archived_at"] is None]
+    customers = metronome.list_customers()
+    assert [c.id for c in customers] == [c["id"] for c in expected]
+    for got, want in zip(customers, expected):
+        assert got.name == want["name"] and got.external_id == want["external_id"]
+        assert (
+            got.ingest_aliases == want["ingest_aliases"]
+            and got.custom_fields == want["custom_fields"]
+        )
+        assert got.created_at is not None and got.created_at.tzinfo is not None
+        assert got.archived is False
+        assert (
+            got.model_extra is not None and "customer_config" in got.model_extra
+        )  # unknown fields kept
+
+
+def test_pagination_walks_through_empty_pages(sandbox: Any, sleeper: RecordingSleep) -> None:
+    for n in range(5):
+        _add_customer(sandbox, f"Extra {n}")
+    expected = [c["id"] for c in sandbox.metronome.customers() if c["archived_at"] is None]
+    sandbox.metronome_faults.empty_pages = True  # every data page is preceded by an empty one
+    sandbox.metronome_log.clear()
+    with make_metronome(sandbox, sleeper, page_limit=2) as client:
+        assert [c.id for c in client.list_customers()] == expected
+    calls = sandbox.metronome_log.find("GET", "/v1/customers")
+    data_pages = -(-len(expected) // 2)
+    assert len(calls) == 2 * data_pages  # one empty page before each data page, nothing skipped
+    assert "next_page" not in _query(calls[0])
+    assert all(_query(c)["limit"] == ["2"] and "next_page" in _query(c) for c in calls[1:])
+    assert sleeper.waits == []
+
+
+def test_default_empty_second_page_is_followed(sandbox: Any, sleeper: RecordingSleep) -> None:
+    for n in range(3):
+        _add_customer(sandbox, f"Extra {n}")
+    expected = [c["id"] for c in sandbox.metronome.customers() if c["archived_at"] is None]
+    with make_metronome(sandbox, sleeper, page_limit=1) as client:
+        assert [c.id for c in client.list_customers()] == expected
+
+
+def test_archived_customers_need_the_second_call(sandbox: Any, metronome: MetronomeClient) -> None:
+    archived = _add_customer(sandbox, "Gone Ltd", archived=True)
+    active_ids = [c.id for c in metronome.list_customers()]
+    assert archived["id"] not in active_ids
+    sandbox.metronome_log.clear()
+    everyone = metronome.list_customers(include_archived=True)
+    assert [c.id for c in everyone] == active_ids + [archived["id"]]
+    assert everyone[-1].archived and everyone[-1].archived_at is not None
+    queries = [_query(e) for e in sandbox.metronome_log.find("GET", "/v1/customers")]
+    assert any(q.get("only_archived") == ["true"] for q in queries)
+
+
+def test_get_customer_and_404(sandbox: Any, metronome: MetronomeClient) -> None:
+    wanted = sandbox.metronome.customers()[0]
+    assert metronome.get_customer(wanted["id"]).name == wanted["name"]
+    sandbox.metronome_log.clear()
+    with pytest.raises(NotFoundError) as info:
+        metronome.get_customer("00000000-0000-4000-8000-000000000000")
+    exc = info.value
+    assert exc.status == 404 and exc.method == "GET" and exc.service == "metronome"
+    assert exc.path == "/v1/customers/00000000-0000-4000-8000-000000000000"
+    assert str(exc).startswith(
+        "Metronome GET /v1/customers/00000000-0000-4000-8000-000000000000 -> 404: "
+    )
+    assert exc.message and "{" not in exc.message  # the JSON message, not the raw body
+    assert len(sandbox.metronome_log.entries()) == 1  # 404 is never retried
+
+
+def test_a_400_is_not_retried(
+    sandbox: Any, metronome: MetronomeClient, sleeper: RecordingSleep
+) -> None:
+    sandbox.metronome_log.clear()
+    with pytest.raises(BadRequestError) as info:
+        metronome.request("GET", "/v1/customers", params={"limit": 1000})
+    assert info.value.status == 400 and "limit" in info.value.message
+    assert len(sandbox.metronome_log.entries()) == 1 and sleeper.waits == []
+
+
+# -------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_billable_metrics_archived_flag(sandbox: Any, metronome: MetronomeClient) -> None:
+    live = _add_metric(sandbox, "gpu_seconds", aggregation_type="SUM", aggregation_key="seconds")
+    old = _add_metric(sandbox, "legacy_calls", aggregation_type="COUNT", archived=True)
+    metrics = {m.id: m for m in metronome.list_billable_metrics()}
+    assert (
+        metrics[live["id"]].archived is False and metrics[live["id"]].aggregation_key == "seconds"
+    )
+    assert metrics[old["id"]].archived is True and metrics[old["id"]].archived_at is not None
+    assert metrics[live["id"]].aggregation_type == "SUM"
+    assert {m.id for m in metrics.values()} == {
+        m["id"] for m in sandbox.metronome.metrics(include_archived=True)
+    }
+    active = {m.id for m in metronome.list_billable_metrics(include_archived=False)}
+    assert old["id"] not in active and live["id"] in active
+
+
+# ------------------------------------------------------------------------------------------- usage
+
+
+def test_usage_values_round_trip_as_exact_decimals(
+    sandbox: Any, metronome: MetronomeClient
+) -> None:
+    customer = _add_customer(sandbox, "Precise Inc")
+    metric = _add_metric(sandbox, "precise_units", aggregation_type="SUM", aggregation_key="n")
+    start = NOW - 3 * HOUR
+    values = [Decimal("0.1"), Decimal("12345.678901"), None]
+    for i, value in enumerate(values):
+        sandbox.metronome.set_usage(customer["id"], metric["id"], start + i * HOUR, value)
+    rows = metronome.list_usage(
+        starting_on=start,
+        ending_before=NOW,
+        window_size="hour",
+        customer_ids=[customer["id"]],
+        billable_metric_ids=[metric["id"]],
+    )
+    assert all(isinstance(r, UsageRow) for r in rows)
+    by_hour = {r.start_timestamp: r for r in rows}
+    assert by_hour[start].value == Decimal("0.1") and isinstance(by_hour[start].value, Decimal)
+    assert by_hour[start + HOUR].value == Decimal("12345.678901")
+    assert by_hour[start + 2 * HOUR].value is None
+    assert by_hour[start].end_timestamp == start + HOUR
+    assert by_hour[start].billable_metric_name == "precise_units"
+    body = sandbox.metronome_log.find("POST", "/v1/usage")[-1].body
+    assert body == {
+        "starting_on": "2026-11-25T11:00:00Z",
+        "ending_before": "2026-11-25T14:00:00Z",
+        "window_size": "HOUR",
+        "customer_ids": [customer["id"]],
+        "billable_metrics": [{"id": metric["id"]}],
+    }
+
+
+def test_usage_pagination_resends_the_body_and_puts_the_cursor_in_the_query(
+    sandbox: Any, metronome: MetronomeClient
+) -> None:
+    sandbox.metronome_log.clear()
+    start = NOW - 48 * HOUR
+    rows = list(metronome.iter_usage(starting_on=start, ending_before=NOW, window_size="HOUR"))
+    calls = sandbox.metronome_log.find("POST", "/v1/usage")
+    assert len(calls) > 1, "the seeded sandbox should need several usage pages"
+    assert all(c.body == calls[0].body for c in calls)  # filters re-sent unchanged
+    assert "next_page" not in _query(calls[0])
+    assert all(list(_query(c)) == ["next_page"] for c in calls[1:])  # cursor only, never limit
+    keys = [(r.customer_id, r.billable_metric_id, r.start_timestamp) for r in rows]
+    assert len(keys) == len(set(keys)) and rows
+
+
+def test_usage_argument_checks(metronome: MetronomeClient) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        metronome.list_usage(starting_on=datetime(2026, 11, 25), ending_before=NOW)
+    with pytest.raises(ValueError, match="after"):
+        metronome.list_usage(starting_on=NOW, ending_before=NOW)
+    with pytest.raises(ValueError, match="window_size"):
+        metronome.list_usage(starting_on=NOW - HOUR, ending_before=NOW, window_size="WEEK")
+    assert metronome.list_usage(starting_on=NOW - HOUR, ending_before=NOW, customer_ids=[]) == []
+
+
+# -------------------------------------------------------------------------------------------
+# invoices
+
+
+def _invoice_for(sandbox: Any, customer_id: str, total: Decimal) -> dict[str, Any]:
+    invoice = sandbox.metronome.add_invoice(
+        customer_id,
+        period_start=datetime(2026, 11, 1, tzinfo=UTC),
+        period_end=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    sandbox.metronome.set_invoice_total(
+        invoice["id"], total, effective_at=datetime(2026, 11, 1, tzinfo=UTC)
+    )
+    return dict(invoice)
+
+
+def test_invoice_totals_are_exact_decimal_cents(sandbox: Any, metronome: MetronomeClient) -> None:
+    customer = _add_customer(sandbox, "Invoiced Co")
+    invoice = _invoice_for(sandbox, customer["id"], Decimal("12345.67"))
+    invoices = metronome.list_invoices(customer["id"], credit_type_id=USD_CREDIT_TYPE_ID)
+    got = next(i for i in invoices if i.id == invoice["id"])
+    assert (
+        isinstance(got, Invoice)
+        and got.total == Decimal("12345.67")
+        and isinstance(got.total, Decimal)
+    )
+    assert got.is_usd and got.credit_type.name == "USD (cents)"
+    assert got.start_timestamp == datetime(2026, 11, 1, tzinfo=UTC)
+    assert got.end_timestamp == datetime(2026, 12, 1, tzinfo=UTC)
+    for item in got.line_items:
+        assert isinstance(item.total, Decimal)
+    query = _query(
+        sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices")[-1]
+    )
+    assert query["sort"] == ["date_asc"] and query["credit_type_id"] == [USD_CREDIT_TYPE_ID]
+
+
+def test_invoices_of_an_unknown_customer_is_not_found(metronome: MetronomeClient) -> None:
+    with pytest.raises(NotFoundError):
+        metronome.list_invoices("00000000-0000-4000-8000-00000000dead")
+
+
+def test_list_invoices_for_20_customers_is_concurrent_bounded_and_ordered(
+    sandbox: Any, sleeper: RecordingSleep
+) -> None:
+    ids = [c["id"] for c in sandbox.metronome.customers()]
+    while len(ids) < 20:
+        ids.append(_add_customer(sandbox, f"Many {len(ids)}")["id"])
+    ids = ids[:20][::-1]  # input order differs from creation order
+    totals = {cid: Decimal(100 + n) for n, cid in enumerate(ids)}
+    for cid, total in totals.items():
+        _invoice_for(sandbox, cid, total)
+    sandbox.metronome_faults.inject(
+        "latency", times=20, path_prefix="/v1/customers/", delay_seconds=0.05
+    )
+    sandbox.metronome_log.clear()
+
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+    with make_metronome(sandbox, sleeper, max_workers=4) as client:
+        original = client.request
+
+        def counting_request(*args: Any, **kwargs: Any) -> Any:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with lock:
+                    active -= 1
+
+        client.request = counting_request  # type: ignore[method-assign]
+        result = client.list_invoices_for_customers(ids)
+    assert list(result) == ids
+    for cid in ids:
+        assert all(inv.customer_id == cid for inv in result[cid])
+        assert totals[cid] in {inv.total for inv in result[cid]}
+    calls = sandbox.metronome_log.find("GET", "/v1/customers/")
+    assert len(calls) == 20 and {c.path for c in calls} == {
+        f"/v1/customers/{cid}/invoices" for cid in ids
+    }
+    assert 1 < peak <= 4
+
+
+def test_invoice_breakdowns(sandbox: Any, metronome: MetronomeClient) -> None:
+    customer = _add_customer(sandbox, "Hourly Co")
+    invoice = _invoice_for(sandbox, customer["id"], Decimal("500"))
+    start = NOW - 3 * HOUR
+    rows = metronome.list_invoice_breakdowns(customer["id"], starting_on=start, ending_before=NOW)
+    mine = [r for r in rows if r.id == invoice["id"]]
+    assert all(isinstance(r, BreakdownInvoice) for r in rows)
+    assert [r.breakdown_start_timestamp for r in mine] == [start, start + HOUR, start + 2 * HOUR]
+    assert all(r.breakdown_end_timestamp == r.breakdown_start_timestamp + HOUR for r in mine)
+    assert all(isinstance(r.total, Decimal) for r in mine)
+    query = _query(
+        sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices/breakdowns")[-1]
+    )
+    assert query["window_size"] == ["HOUR"]
+    assert query["starting_on"] == ["2026-11-25T11:00:00Z"] and query["ending_before"] == [
+        "2026-11-25T14:00:00Z"
+    ]
+
+
+# -------------------------------------------------------------------------------------------
+# malformed
+
+
+def test_malformed_json_is_a_typed_error_and_not_retried(
+    sandbox: Any, metronome: MetronomeClient, sleeper: RecordingSleep
+) -> None:
+    sandbox.metronome_faults.inject("malformed", path_prefix="/v1/billable-metrics")
+    sandbox.metronome_log.clear()
+    with pytest.raises(MalformedResponseError) as info:
+        metronome.list_billable_metrics()
+    exc = info.value
+    assert exc.method == "GET" and exc.path == "/v1/billable-metrics" and exc.status == 200
+    assert "not valid JSON" in str(exc) and str(exc).startswith(
+        "Metronome GET /v1/billable-metrics -> 200:"
+    )
+    assert len(sandbox.metronome_log.entries()) == 1 and sleeper.waits == []
+
+
+def test_repeated_cursor_is_refused() -> None:
+    """The emulator never repeats a cursor, so this protocol violation is staged with a fake
+    transport."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        cursor = request.url.params.get("next_page")
+        nxt = {None: "c1", "c1": "c2", "c2": "c1"}[cursor]
+        return httpx.Response(200, content=json.dumps({"data": [], "next_page": nxt}).encode())
+
+    client = MetronomeClient(
+        "http://metronome.invalid", "tok-123456", transport=httpx.MockTransport(handler)
+    )
+    with client, pytest.raises(MalformedResponseError) as info:
+        client.list_customers()
+    assert "cursor repeated" in str(info.value) and info.value.path == "/v1/customers"
+    assert len(calls) == 3
