@@ -1,9 +1,8 @@
 """Typed errors for Metronome and Suger calls.
 
 Why: callers must tell "retry later" from "fix the request" from "Suger already has it" without
-parsing
-strings, and every error must be safe to log — it names the method and path, never a token or a full
-URL.
+parsing strings, and every error must be safe to log — it names the method and path, never a token
+or a full URL.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ class ApiError(Exception):
     """A failed call to Metronome or Suger. Safe to log: it never carries a token or a full URL.
 
     ``path`` has no query string; ``status`` is None when no HTTP response arrived; ``attempts`` is
-    how
-    many times the call was tried before giving up; ``body`` is the (redacted, truncated) response
-    text.
+    how many times the call was tried before giving up; ``body`` is the (redacted, truncated)
+    response text.
     """
 
     def __init__(

@@ -2,10 +2,9 @@
 
 Why it exists: both APIs need the same things done right once — one ``httpx.Client`` with auth and
 timeouts, typed errors that never leak the token, retries that respect ``Retry-After`` and stop at a
-time
-cap, responses parsed with ``Decimal`` — plus a bounded thread pool for fan-out calls. Errors, the
-retry
-policy and the JSON codec live in ``errors``, ``retry`` and ``jsonio`` and are re-exported here.
+time cap, responses parsed with ``Decimal`` — plus a bounded thread pool for fan-out calls. Errors,
+the retry policy and the JSON codec live in ``errors``, ``retry`` and ``jsonio`` and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -85,8 +84,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 QueryItems = list[tuple[str, "str | int | float | bool | None"]]
 
-# --------------------------------------------------------------------------------------------------
-# - helpers
+# -- helpers ---------------------------------------------------------------------------------------
 
 
 class _Redactor:
@@ -150,17 +148,15 @@ def _clean_params(params: Mapping[str, Any] | None) -> QueryItems:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# - client
+# -- client ----------------------------------------------------------------------------------------
 
 
 class JsonApiClient:
     """One ``httpx.Client`` for one JSON API, with auth, timeouts, typed errors and retries.
 
     ``sleep`` and ``clock`` are injectable so tests can observe the waits without sleeping;
-    ``transport``
-    lets tests swap the network (only used for the one protocol violation the emulators never
-    commit).
+    ``transport`` lets tests swap the network (only used for the one protocol violation the
+    emulators never commit).
     """
 
     def __init__(
@@ -169,7 +165,7 @@ class JsonApiClient:
         auth_header_value: str | SecretStr,
         *,
         service: Service,
-        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         user_agent: str = DEFAULT_USER_AGENT,
         sleep: Callable[[float], None] = time.sleep,
@@ -177,6 +173,12 @@ class JsonApiClient:
         transport: httpx.BaseTransport | None = None,
         redact: Iterable[str] = (),
     ) -> None:
+        if timeout is None or (
+            isinstance(timeout, httpx.Timeout) and None in (timeout.connect, timeout.read)
+        ):
+            raise ValueError(
+                "a connect and read timeout is required: a hung call must not hang a run"
+            )
         auth_value = _secret_value(auth_header_value)
         if not auth_value.strip():
             raise ValueError(f"{SERVICE_NAMES.get(service, service)} credentials are empty")
@@ -202,8 +204,7 @@ class JsonApiClient:
             follow_redirects=False,
         )
 
-    # -- lifecycle
-    # -------------------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
@@ -223,7 +224,6 @@ class JsonApiClient:
         return f"{type(self).__name__}(base_url={self._display_url!r}, service={self.service!r})"
 
     # -- calls -------------------------------------------------------------------------------------
-    # ----------
 
     def request(
         self,
@@ -393,8 +393,7 @@ class JsonApiClient:
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# - concurrency
+# -- concurrency -----------------------------------------------------------------------------------
 
 
 def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, max_workers: int = 8) -> list[R]:

@@ -1,8 +1,7 @@
 """JSON in and out without losing money: Decimal-exact request bodies and Decimal-parsed responses.
 
 Why: a float in the path turns 0.1 into 0.1000000000000000055…; quantities and cents must survive
-the
-round trip bit for bit, and anything that cannot be sent exactly must fail loudly instead of
+the round trip bit for bit, and anything that cannot be sent exactly must fail loudly instead of
 rounding.
 """
 
@@ -35,11 +34,9 @@ def to_jsonable(value: Any) -> Any:
     """Convert a request body to plain JSON types, keeping every Decimal exact.
 
     An integral Decimal becomes a JSON integer; another Decimal becomes a float only when that
-    float's
-    shortest text equals the Decimal (so the number on the wire *is* the Decimal); anything else
-    raises
-    ``ValueError`` rather than silently rounding money. Aware datetimes become RFC 3339 ``Z``
-    strings.
+    float's shortest text equals the Decimal (so the number on the wire *is* the Decimal); anything
+    else raises ``ValueError`` rather than silently rounding money. Aware datetimes become RFC 3339
+    ``Z`` strings.
     """
     if value is None or isinstance(value, (bool, str, int)):
         return value

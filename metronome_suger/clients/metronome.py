@@ -1,10 +1,8 @@
 """Typed client for the parts of the Metronome API this project reads.
 
 Why a hand-written client rather than ``metronome-sdk``: we need ``Decimal`` money end to end (the
-SDK
-parses numbers as float), one retry/redaction policy shared with Suger, and pagination that keeps
-going
-through empty pages and refuses to loop on a repeated cursor.
+SDK parses numbers as float), one retry/redaction policy shared with Suger, and pagination that
+keeps going through empty pages and refuses to loop on a repeated cursor.
 """
 
 from __future__ import annotations
@@ -81,7 +79,7 @@ class MetronomeClient(JsonApiClient):
         base_url: str,
         token: str | SecretStr,
         *,
-        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         page_limit: int = 100,
         max_workers: int = 8,
@@ -111,8 +109,7 @@ class MetronomeClient(JsonApiClient):
         self.page_limit = page_limit
         self.max_workers = max_workers
 
-    # -- pagination
-    # ------------------------------------------------------------------------------------------
+    # -- pagination --------------------------------------------------------------------------------
 
     def _paginate(
         self,
@@ -155,8 +152,7 @@ class MetronomeClient(JsonApiClient):
             cursor = next_page
         raise self.malformed(method, path, f"more than {_MAX_PAGES} pages; stopping")
 
-    # -- customers and metrics
-    # -------------------------------------------------------------------------------
+    # -- customers and metrics ---------------------------------------------------------------------
 
     def list_customers(self, *, include_archived: bool = False) -> list[Customer]:
         """Active customers; with ``include_archived`` also the archived ones (Metronome needs a 2nd
@@ -192,7 +188,6 @@ class MetronomeClient(JsonApiClient):
         )
 
     # -- usage -------------------------------------------------------------------------------------
-    # ----------
 
     def iter_usage(
         self,
@@ -252,8 +247,7 @@ class MetronomeClient(JsonApiClient):
             )
         )
 
-    # -- invoices
-    # --------------------------------------------------------------------------------------------
+    # -- invoices ----------------------------------------------------------------------------------
 
     def list_invoices(
         self,

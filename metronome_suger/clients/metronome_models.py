@@ -1,10 +1,9 @@
 """Pydantic models for the Metronome responses this project reads.
 
 Field names are Metronome's own. Money is ``Decimal`` in the invoice's credit-type units — for USD
-that is
-**cents** (credit type "USD (cents)"), exactly as returned; converting to dollars is the caller's
-job.
-Unknown fields are kept (``extra="allow"``) because Metronome adds fields without notice.
+that is **cents** (credit type "USD (cents)"), exactly as returned; converting to dollars is the
+caller's job. Unknown fields are kept (``extra="allow"``) because Metronome adds fields without
+notice.
 """
 
 from __future__ import annotations

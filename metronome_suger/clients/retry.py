@@ -1,9 +1,8 @@
 """The retry policy shared by both clients: what is retried, how long to wait, when to stop.
 
 Why a policy object: tests pass fast values, production passes patient ones, and the rules
-(Retry-After
-honoured but capped, exponential back-off with jitter, attempt cap *and* total-time cap) live in one
-place.
+(Retry-After honoured but capped, exponential back-off with jitter, attempt cap *and* total-time
+cap) live in one place.
 """
 
 from __future__ import annotations
@@ -26,11 +25,9 @@ class RetryPolicy:
     """How hard to retry transient failures (transport errors, 408, 429, 5xx).
 
     Waits: ``Retry-After`` / ``retry-after-ms`` when the server sends one (capped at ``max_wait``),
-    else
-    ``min(max_wait, initial_wait * 2**(attempt-1) + uniform(0, jitter))``. Gives up after
-    ``max_attempts``
-    tries or when the next wait would take the call past ``max_total_seconds``, whichever comes
-    first.
+    else ``min(max_wait, initial_wait * 2**(attempt-1) + uniform(0, jitter))``. Gives up after
+    ``max_attempts`` tries or when the next wait would take the call past ``max_total_seconds``,
+    whichever comes first.
     """
 
     max_attempts: int = 5

@@ -1,17 +1,12 @@
-"""Typed client for the Suger metering, buyer and entitlement API (``Authorization: Key <api
-key>``).
+"""Typed client for Suger's metering, buyer and entitlement API (``Authorization: Key <key>``).
 
 Why hand-written: the generated ``suger_sdk_python`` parses quantities as float and has a broken
-default
-host; we need exact Decimal quantities, 409-as-success reporting, and the same retry/redaction
-policy as
-the Metronome client.
+default host; we need exact Decimal quantities, 409-as-success reporting, and the same
+retry/redaction policy as the Metronome client.
 
 Retry safety: a usage-record-group POST is retried only on 429, 5xx and transport errors, never on
-400 or
-409. That is safe because every group carries its own ``id`` — if an earlier attempt did land, the
-retry
-gets 409 and is reported as ``duplicate``, never as a second group.
+a 400 or a 409. That is safe because every group carries its own ``id``: if an earlier attempt did
+land, the retry gets 409 and is reported as ``duplicate``, never stored as a second group.
 """
 
 from __future__ import annotations
@@ -107,7 +102,7 @@ class SugerClient(JsonApiClient):
         org_id: str,
         api_key: str | SecretStr,
         *,
-        timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         page_limit: int = 1000,
         max_workers: int = 8,
@@ -146,8 +141,7 @@ class SugerClient(JsonApiClient):
     def _org(self, suffix: str) -> str:
         return f"/org/{_seg(self.org_id)}{suffix}"
 
-    # -- paging
-    # ----------------------------------------------------------------------------------------------
+    # -- paging ------------------------------------------------------------------------------------
 
     def _offset_pages(
         self, path: str, adapter: TypeAdapter[list[M]], params: Mapping[str, Any] | None = None
@@ -176,8 +170,7 @@ class SugerClient(JsonApiClient):
             offset += len(data)
         raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
 
-    # -- buyers
-    # ----------------------------------------------------------------------------------------------
+    # -- buyers ------------------------------------------------------------------------------------
 
     def list_buyers(self) -> list[Buyer]:
         """Every buyer of the org (Suger cannot filter by Metronome id; index client-side)."""
@@ -196,8 +189,7 @@ class SugerClient(JsonApiClient):
         data = self.request("PATCH", path, json={"metronomeCustomerId": metronome_customer_id})
         return self.parse_model(_BUYER, data, "PATCH", path)
 
-    # -- entitlements
-    # ----------------------------------------------------------------------------------------
+    # -- entitlements ------------------------------------------------------------------------------
 
     def list_entitlements(
         self, *, buyer_id: str | None = None, partner: str | None = None
@@ -217,8 +209,7 @@ class SugerClient(JsonApiClient):
         )
         return dict(zip(unique, results))
 
-    # -- usage record groups
-    # ---------------------------------------------------------------------------------
+    # -- usage record groups -----------------------------------------------------------------------
 
     def report_usage_record_group(self, group: NewUsageRecordGroup) -> ReportResult:
         """Report one group. 409 (id already known) is success: ``duplicate``. Any other non-2xx
@@ -305,8 +296,7 @@ class SugerClient(JsonApiClient):
         path = self._org(f"/usageRecordGroup/{_seg(group_id)}/retry")
         return self.parse_model(_GROUP, self.request("POST", path), "POST", path)
 
-    # -- metering config
-    # -------------------------------------------------------------------------------------
+    # -- metering config ---------------------------------------------------------------------------
 
     def get_usage_metering_config(self) -> UsageMeteringConfigInfo:
         """The org's own dimension mapping per partner (if enabled, Suger converts records a second

@@ -1,10 +1,9 @@
 """Pydantic models for the Suger API objects this project reads and writes.
 
 Attribute names are Suger's JSON names exactly (camelCase, ``buyerID``, ``convertionMultiplier``
-[sic]),
-so what you read in Suger's docs is what you type. Quantities and rates are ``Decimal``. Response
-models
-keep unknown fields; the request model (:class:`NewUsageRecordGroup`) is strict because we own it.
+[sic]), so what you read in Suger's docs is what you type. Quantities and rates are ``Decimal``.
+Response models keep unknown fields; the request model (:class:`NewUsageRecordGroup`) is strict
+because we own it.
 """
 
 from __future__ import annotations
@@ -129,8 +128,7 @@ class NewUsageRecordGroup(BaseModel):
     """A usage record group to report: one entitlement, one timestamp, ``dimension → quantity``.
 
     ``id`` (≤ 36 chars) is the de-duplication key: Suger answers 409 for an id it already has, which
-    is
-    what makes re-sending safe. ``timestamp`` is normalised to UTC whole seconds and sent as
+    is what makes re-sending safe. ``timestamp`` is normalised to UTC whole seconds and sent as
     ``YYYY-MM-DDTHH:MM:SSZ``.
     """
 

@@ -1,9 +1,8 @@
 """Shared value types for the API models: UTC datetimes, exact decimals, a tolerant base model.
 
 Both APIs spell timestamps several ways (``Z``, ``+00:00``, ``.000Z``, nanoseconds from Go) and
-carry money
-and quantities as JSON numbers; everything here exists so that the rest of the code sees exactly one
-representation: tz-aware UTC ``datetime`` and ``Decimal``.
+carry money and quantities as JSON numbers; everything here exists so that the rest of the code sees
+exactly one representation: tz-aware UTC ``datetime`` and ``Decimal``.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ def parse_rfc3339(value: Any) -> datetime:
     """Parse an RFC 3339 / ISO 8601 timestamp liberally and return it as tz-aware UTC.
 
     Accepts ``Z``/``z``, numeric offsets, any number of fractional digits (truncated to
-    microseconds)
-    and a space instead of ``T``. A timestamp without an offset is taken as UTC, which is what both
-    APIs mean when they omit it.
+    microseconds) and a space instead of ``T``. A timestamp without an offset is taken as UTC, which
+    is what both APIs mean when they omit it.
     """
     if isinstance(value, datetime):
         dt = value

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from metronome_suger.storage.schema import SCHEMA
 
@@ -23,7 +23,7 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 @retry(
     retry=retry_if_exception(_is_lock_error),
-    wait=wait_exponential_jitter(initial=0.1, max=5),
+    wait=wait_random_exponential(multiplier=0.1, max=5),
     stop=stop_after_delay(120),
     reraise=True,
 )

@@ -1,10 +1,8 @@
 """Fixtures for the client tests: a real sandbox on 127.0.0.1 and clients wired to it.
 
 Retries use a fast policy and a recording ``sleep`` that never sleeps, with a fake clock that
-advances by
-the requested waits, so the tests can assert the exact waits (Retry-After, back-off, total cap)
-without
-depending on wall-clock time.
+advances by the requested waits, so the tests can assert the exact waits (Retry-After, back-off,
+total cap) without depending on wall-clock time.
 """
 
 from __future__ import annotations

@@ -37,8 +37,7 @@ from .conftest import RecordingSleep
 UTC = timezone.utc
 
 
-# ------------------------------------------------------------------------------------------- JSON
-# numbers
+# -- JSON numbers ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -96,8 +95,7 @@ def test_datetimes_in_bodies_are_rfc3339_utc_and_naive_ones_are_refused() -> Non
         encode_json({"t": datetime(2026, 11, 25, 14)})
 
 
-# -------------------------------------------------------------------------------------------
-# timestamps
+# -- timestamps ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -137,8 +135,7 @@ def test_format_rfc3339() -> None:
     )
 
 
-# ------------------------------------------------------------------------------------------- Retry-
-# After
+# -- Retry-After ----------------------------------------------------------------------------------
 
 
 def test_retry_after_forms() -> None:
@@ -171,7 +168,7 @@ def test_retry_policy_validates(kwargs: dict[str, float]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------------------------------- errors
+# -- errors ----------------------------------------------------------------------------------------
 
 
 def test_error_text_and_pickling() -> None:
@@ -249,6 +246,8 @@ def test_client_constructor_refuses_empty_credentials_and_bad_urls() -> None:
         SugerClient("http://127.0.0.1:9", "", "key-123456")
     with pytest.raises(ValueError, match="base_url"):
         MetronomeClient("ftp://example.com", "tok-123456")
+    with pytest.raises(ValueError, match="timeout"):
+        MetronomeClient("http://127.0.0.1:9", "tok-123456", timeout=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="page_limit"):
         MetronomeClient("http://127.0.0.1:9", "tok-123456", page_limit=101)
 
@@ -257,8 +256,7 @@ def test_api_error_is_an_exception_base() -> None:
     assert issubclass(TransportError, ApiError) and issubclass(MalformedResponseError, ApiError)
 
 
-# -------------------------------------------------------------------------------------------
-# concurrency
+# -- concurrency -----------------------------------------------------------------------------------
 
 
 def test_map_bounded_keeps_input_order_and_bounds_threads() -> None:

@@ -44,8 +44,7 @@ def _query(entry: Any) -> dict[str, list[str]]:
     return parse_qs(entry.query, keep_blank_values=True)
 
 
-# -------------------------------------------------------------------------------------------
-# customers
+# -- customers -------------------------------------------------------------------------------------
 
 
 def test_list_customers_matches_the_emulator_and_parses_every_field(
@@ -129,8 +128,7 @@ def test_a_400_is_not_retried(
     assert len(sandbox.metronome_log.entries()) == 1 and sleeper.waits == []
 
 
-# -------------------------------------------------------------------------------------------
-# metrics
+# -- metrics ---------------------------------------------------------------------------------------
 
 
 def test_billable_metrics_archived_flag(sandbox: Any, metronome: MetronomeClient) -> None:
@@ -149,7 +147,7 @@ def test_billable_metrics_archived_flag(sandbox: Any, metronome: MetronomeClient
     assert old["id"] not in active and live["id"] in active
 
 
-# ------------------------------------------------------------------------------------------- usage
+# -- usage -----------------------------------------------------------------------------------------
 
 
 def test_usage_values_round_trip_as_exact_decimals(
@@ -210,8 +208,7 @@ def test_usage_argument_checks(metronome: MetronomeClient) -> None:
     assert metronome.list_usage(starting_on=NOW - HOUR, ending_before=NOW, customer_ids=[]) == []
 
 
-# -------------------------------------------------------------------------------------------
-# invoices
+# -- invoices --------------------------------------------------------------------------------------
 
 
 def _invoice_for(sandbox: Any, customer_id: str, total: Decimal) -> dict[str, Any]:
@@ -316,8 +313,7 @@ def test_invoice_breakdowns(sandbox: Any, metronome: MetronomeClient) -> None:
     ]
 
 
-# -------------------------------------------------------------------------------------------
-# malformed
+# -- malformed -------------------------------------------------------------------------------------
 
 
 def test_malformed_json_is_a_typed_error_and_not_retried(

@@ -91,7 +91,7 @@ def _fail(
     return info.value
 
 
-# ------------------------------------------------------------------------------------------- 429
+# -- 429 -------------------------------------------------------------------------------------------
 
 
 def test_retry_after_is_honoured_as_the_wait(
@@ -130,7 +130,7 @@ def test_persistent_429_raises_rate_limit_error_at_the_attempt_cap(
     assert len(target.calls(sandbox)) == 4
 
 
-# ------------------------------------------------------------------------------------------- 5xx
+# -- 5xx -------------------------------------------------------------------------------------------
 
 
 def test_transient_5xx_is_retried(target: Target, sandbox: Any, sleeper: RecordingSleep) -> None:
@@ -175,8 +175,7 @@ def test_a_retry_after_beyond_the_total_cap_is_not_waited_for(
     assert sleeper.waits == [] and exc.attempts == 1 and exc.retry_after == 5.0
 
 
-# -------------------------------------------------------------------------------------------
-# transport
+# -- transport -------------------------------------------------------------------------------------
 
 
 def test_a_slow_answer_times_out_and_is_retried(
@@ -230,8 +229,7 @@ def test_malformed_json_is_not_retried(
     assert sleeper.waits == [] and len(target.calls(sandbox)) == 1
 
 
-# -------------------------------------------------------------------------------------------
-# logging
+# -- logging ---------------------------------------------------------------------------------------
 
 
 def test_retries_are_logged_without_headers(

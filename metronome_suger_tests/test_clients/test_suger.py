@@ -69,7 +69,7 @@ def _raw_get(sb: Any, path: str, **params: Any) -> Any:
     return response.json()
 
 
-# ------------------------------------------------------------------------------------------- buyers
+# -- buyers ----------------------------------------------------------------------------------------
 
 
 def test_list_buyers_pages_with_offset_until_a_short_page(
@@ -109,8 +109,7 @@ def test_link_metronome_customer(sandbox: Any, suger: SugerClient) -> None:
         suger.link_metronome_customer("no-such-buyer", "cust-123")
 
 
-# -------------------------------------------------------------------------------------------
-# entitlements
+# -- entitlements ----------------------------------------------------------------------------------
 
 
 def test_entitlements_by_buyer_and_partner_with_decimal_rates(
@@ -149,8 +148,7 @@ def test_entitlements_for_many_buyers(sandbox: Any, sleeper: RecordingSleep) -> 
     assert len(sandbox.suger_log.find("GET", f"/org/{sandbox.org_id}/entitlement")) == 10
 
 
-# -------------------------------------------------------------------------------------------
-# reporting
+# -- reporting -------------------------------------------------------------------------------------
 
 
 def test_report_body_is_valid_for_the_official_sdk_and_a_repeat_is_a_duplicate(
@@ -305,8 +303,7 @@ def test_report_refuses_a_group_for_another_org(sandbox: Any, suger: SugerClient
         suger.report_usage_record_group(group)
 
 
-# -------------------------------------------------------------------------------------------
-# validation
+# -- validation ------------------------------------------------------------------------------------
 
 
 def test_validate_usage_record_groups(sandbox: Any, suger: SugerClient) -> None:
@@ -327,8 +324,7 @@ def test_validate_usage_record_groups(sandbox: Any, suger: SugerClient) -> None:
     assert len(sandbox.suger.groups()) == stored_before  # validation stores nothing
 
 
-# -------------------------------------------------------------------------------------------
-# listing and retry
+# -- listing and retry -----------------------------------------------------------------------------
 
 
 def test_list_usage_record_groups_pages_on_offset(sandbox: Any, sleeper: RecordingSleep) -> None:
@@ -370,8 +366,7 @@ def test_retry_usage_record_group(sandbox: Any, suger: SugerClient) -> None:
         suger.retry_usage_record_group("no-such-group")
 
 
-# ------------------------------------------------------------------------------------------- config
-# and auth
+# -- config and auth -------------------------------------------------------------------------------
 
 
 def test_usage_metering_config(sandbox: Any, suger: SugerClient) -> None:

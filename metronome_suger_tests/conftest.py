@@ -1,0 +1,113 @@
+"""Shared fixtures: a running sandbox (real HTTP on 127.0.0.1) and a real Dagster pipeline over a
+DuckDB file under ``tmp_path``, configured the way a user would (a YAML-shaped config, tokens in env)."""
+
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pytest
+
+from metronome_suger.config import AppConfig, parse_config_data
+from metronome_suger.core.windows import window_for_key
+from metronome_suger.orchestration.definitions import build_definitions
+from metronome_suger.orchestration.resources import ClockResource
+from metronome_suger.sandbox.server import Sandbox
+
+warnings.filterwarnings("ignore", module="dagster")
+
+# Mid-afternoon UTC; tests build their own data around it.
+NOW = datetime(2026, 11, 25, 14, 5, tzinfo=timezone.utc)
+HOUR = timedelta(hours=1)
+
+AWS_DIMS = [
+    {"key": "cpu_hour", "name": "CPU hour", "rate": 0.12},
+    {"key": "api_request", "name": "API request", "rate": 0.0005},
+    {"key": "usage_fee", "name": "Usage fee", "rate": 0.01},
+]
+GCP_DIMS = [
+    {"key": "vcpu_hours", "name": "vCPU hours", "rate": 0.1},
+    {"key": "requests", "name": "Requests", "rate": 0.001},
+]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """An empty sandbox (no generated customers), clock frozen at NOW."""
+    with Sandbox(customers=0, now=NOW) as running:
+        yield running
+
+
+class Pipeline:
+    """The plugin as a user runs it: a config, the Dagster definitions, one partition per run."""
+
+    def __init__(self, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sandbox = sandbox
+        self.db_path = tmp_path / "data" / "metronome_suger.duckdb"
+        self.instance = dg.DagsterInstance.ephemeral()
+        for name, value in sandbox.env().items():
+            monkeypatch.setenv(name, value)
+        self.settings: dict[str, Any] = {
+            "metronome": {"base_url": sandbox.metronome_url},
+            "suger": {"base_url": sandbox.suger_url, "org_id": sandbox.org_id},
+            "start": "2026-11-01T00:00:00Z",
+            "dimension_conversion": {
+                "AWS": {
+                    "cpu_hours": [{"dimension_key": "cpu_hour", "mapping_mode": "QUANTITY", "multiplier": 1}],
+                    "api_calls": [{"dimension_key": "api_request", "mapping_mode": "QUANTITY", "multiplier": "0.001"}],
+                },
+                "GCP": {
+                    "cpu_hours": [{"dimension_key": "vcpu_hours", "mapping_mode": "QUANTITY", "multiplier": 2}],
+                    "api_calls": [{"dimension_key": "requests", "mapping_mode": "QUANTITY", "multiplier": 1}],
+                },
+            },
+            "storage": {"duckdb_path": str(self.db_path)},
+        }
+
+    def config(self) -> AppConfig:
+        return parse_config_data(self.settings, origin="test config")
+
+    def run(self, partition_key: str, *, at: datetime | None = None) -> dg.ExecuteInProcessResult:
+        """Run the whole job for one partition, as the schedule would at ``at`` (default: window end + 5 min)."""
+        config = self.config()
+        if at is None:
+            at = window_for_key(partition_key, config.hourly).end + timedelta(minutes=5)
+        self.sandbox.clock.set(at)
+        defs = build_definitions(config, resources={"clock": ClockResource(frozen_at=at.isoformat())})
+        job = defs.resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(partition_key=partition_key, instance=self.instance, raise_on_error=False)
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        with duckdb.connect(str(self.db_path), read_only=True) as conn:
+            return conn.execute(sql, params or []).fetchall()
+
+
+@pytest.fixture
+def pipeline(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    return Pipeline(sandbox, tmp_path, monkeypatch)
+
+
+def sent_groups(sandbox: Sandbox) -> list[dict[str, Any]]:
+    """What Suger stored, in arrival order, with quantities as Decimal."""
+    return [
+        {**g, "records": {k: Decimal(str(v)) for k, v in g["records"].items()}}
+        for g in sandbox.suger.groups()
+        if g["status"] != "DELETED"
+    ]
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """All step-failure descriptions and messages of a run, for asserting on what the user sees."""
+    parts = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                parts.append(data.user_failure_data.description)
+            if data.error:
+                parts.append(data.error.message)
+    return "\n".join(parts)
