@@ -316,4 +316,3 @@ __all__ = [
     "mask_secret",
     "silence_drop_log",
 ]
-

@@ -32,6 +32,7 @@ from metronome_suger.sandbox.metronome_http import (
     window_size,
 )
 from metronome_suger.sandbox.faults import Faults
+from metronome_suger.sandbox.metronome_state import MetronomeState
 from metronome_suger.sandbox.metronome_usage_routes import ingest, usage, usage_groups
 from metronome_suger.sandbox.wire import DAY, HOUR, parse_rfc3339
 

@@ -8,14 +8,14 @@ import json
 from datetime import datetime
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 from starlette.requests import Request
 
 from metronome_suger.sandbox.faults import Faults
 from metronome_suger.sandbox.metronome_state import MetronomeState
 from metronome_suger.sandbox.paging import CursorError, paginate
 from metronome_suger.sandbox.wire import parse_rfc3339
+
+T = TypeVar("T")
 
 
 class ApiError(Exception):

@@ -1,0 +1,120 @@
+"""The commands of CONTRACT §2, run as a user runs them: real subprocesses against a running sandbox."""
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metronome_suger.core.windows import floor
+from metronome_suger.sandbox.server import Sandbox
+from metronome_suger_tests.conftest import AWS_DIMS, sent_groups
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("METRONOME_SUGER_CONFIG",)}
+    full_env.update(env or {})
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, sandbox: Sandbox, db: Path, **extra) -> Path:
+    data = {
+        "metronome": {"base_url": sandbox.metronome_url},
+        "suger": {"base_url": sandbox.suger_url, "org_id": sandbox.org_id},
+        "start": "2026-11-01T00:00:00Z",
+        "dimension_conversion": {"AWS": {"cpu_hours": [{"dimension_key": "cpu_hour", "multiplier": 1}]}},
+        "storage": {"duckdb_path": str(db)},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def live_sandbox():
+    """Real clock: the Dagster CLI run uses wall time for deadlines, so the data sits in the last hour."""
+    with Sandbox(customers=0) as sb:
+        yield sb
+
+
+def test_dagster_cli_materializes_one_window_end_to_end(live_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = live_sandbox
+    start = floor(datetime.now(timezone.utc), True) - timedelta(hours=1)
+    cpu = sb.metronome.add_billable_metric("cpu_hours")["id"]
+    customer = sb.metronome.add_customer("Dana")["id"]
+    buyer = sb.suger.add_buyer("Dana AWS", partner="AWS", metronome_customer_id=customer)["id"]
+    ent = sb.suger.add_entitlement(buyer, partner="AWS", dimensions=AWS_DIMS)["id"]
+    sb.metronome.set_usage(customer, cpu, start, Decimal("7.5"))
+    config = write_config(tmp_path / "cfg.yaml", sb, tmp_path / "db.duckdb")
+    key = start.strftime("%Y-%m-%d-%H:%M")
+    proc = run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "metronome_suger.definitions",
+         "--select", "*", "--partition", key],
+        cwd=tmp_path, env={"METRONOME_SUGER_CONFIG": str(config), **sb.env()},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    groups = sent_groups(sb)
+    assert [(g["entitlementID"], g["records"]) for g in groups] == [(ent, {"cpu_hour": Decimal("7.5")})]
+    for secret in sb.env().values():
+        assert secret not in proc.stdout and secret not in proc.stderr
+
+
+def test_definitions_validate_loads_without_network_or_tokens(tmp_path: Path) -> None:
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    proc = run([str(BIN / "dagster"), "definitions", "validate", "-w", str(workspace)], cwd=workspace.parent,
+               env={"METRONOME_API_TOKEN": "", "SUGER_API_KEY": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "All code locations passed validation" in proc.stderr + proc.stdout
+
+
+def test_bundled_config_is_announced_on_the_first_line(tmp_path: Path) -> None:
+    proc = run([str(BIN / "metronome-suger"), "status"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("metronome-suger: using the bundled sandbox configuration")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("suger: {org_id: x}\nstart: '2026-11-01T00:00:00Z'\nbilling_mode: hourly\n", "billing_mode"),
+        ("suger: {org_id: x}\nstart: '2026-11-01T00:00:00Z'\nsurprise: 1\n", "unknown key 'surprise'"),
+        ("suger: {org_id: x, base_url: 'http://api.example.com'}\nstart: '2026-11-01T00:00:00Z'\n", "suger.base_url"),
+        ("suger: {org_id: x}\nstart: '2026-11-01T00:00:00Z'\ndimension_conversion:\n  AWS:\n"
+         "    m: [{dimension_key: d, multiplier: -2}]\n", "multiplier"),
+    ],
+)
+def test_bad_config_is_one_clear_line_naming_file_and_key(tmp_path: Path, content: str, needle: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    proc = run([str(BIN / "metronome-suger"), "status"], cwd=tmp_path, env={"METRONOME_SUGER_CONFIG": str(config)})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert str(config) in proc.stderr and needle in proc.stderr
+
+
+def test_unset_token_is_named_when_the_first_call_is_made(live_sandbox: Sandbox, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cfg.yaml", live_sandbox, tmp_path / "db.duckdb")
+    proc = run([str(BIN / "metronome-suger"), "verify"], cwd=tmp_path,
+               env={"METRONOME_SUGER_CONFIG": str(config), "METRONOME_API_TOKEN": "", "SUGER_API_KEY": "x"})
+    assert proc.returncode == 1
+    assert "METRONOME_API_TOKEN is not set" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_prints_the_window_table(tmp_path: Path) -> None:
+    proc = run([str(BIN / "metronome-suger"), "demo", "--windows", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("metronome-suger: using the bundled sandbox configuration")
+    header = next(i for i, line in enumerate(lines) if line.startswith("window (UTC)"))
+    rows = lines[header + 2: header + 4]
+    assert len(rows) == 2
+    for row in rows:
+        assert "sent:" in row and "mapping_completeness:ok" in row
+    assert (tmp_path / "data" / "demo" / "metronome_suger.duckdb").exists()
