@@ -1,6 +1,7 @@
 """A controllable clock, so tests can move time instead of sleeping.
 
-Both emulators read `now()` to decide what is visible (closed usage hours, issued invoices, renewals).
+Both emulators read `now()` to decide what is visible (closed usage hours, issued invoices,
+renewals).
 """
 
 from __future__ import annotations

@@ -135,7 +135,13 @@ class _Entry:
 
     def freeze(self) -> RecordedRequest:
         return RecordedRequest(
-            self.method, self.path, self.query, dict(self.headers), self.body, self.status, self.fault
+            self.method,
+            self.path,
+            self.query,
+            dict(self.headers),
+            self.body,
+            self.status,
+            self.fault,
         )
 
 
@@ -164,7 +170,9 @@ class RequestLog:
         with self._lock:
             self._entries.clear()
 
-    def find(self, method: str | None = None, path_prefix: str | None = None) -> list[RecordedRequest]:
+    def find(
+        self, method: str | None = None, path_prefix: str | None = None
+    ) -> list[RecordedRequest]:
         return [
             e
             for e in self.entries()
@@ -194,7 +202,9 @@ def _parse_body(raw: bytes, headers: dict[str, str]) -> Any:
         return text
 
 
-def _json_message(status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
+def _json_message(
+    status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> list[Message]:
     body = json.dumps({"message": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return [
@@ -210,7 +220,9 @@ def _retry_after_value(seconds: float) -> bytes:
 class FaultMiddleware:
     """Pure ASGI middleware: logs every HTTP request, then fires an armed fault or calls `app`."""
 
-    def __init__(self, app: ASGIApp, faults: Faults, log: RequestLog, mask_header: str = "authorization") -> None:
+    def __init__(
+        self, app: ASGIApp, faults: Faults, log: RequestLog, mask_header: str = "authorization"
+    ) -> None:
         self.app = app
         self.faults = faults
         self.log = log
@@ -272,9 +284,15 @@ class FaultMiddleware:
 
     async def _fire(self, fault: _Fault, entry: _Entry, send: Send) -> None:
         if fault.kind == "429":
-            extra = [(b"retry-after", _retry_after_value(fault.retry_after))] if fault.retry_after is not None else []
+            extra = (
+                [(b"retry-after", _retry_after_value(fault.retry_after))]
+                if fault.retry_after is not None
+                else []
+            )
             self.log._set(entry, status=429, fault="429")
-            for message in _json_message(429, "Too many requests. Wait and try again later.", extra):
+            for message in _json_message(
+                429, "Too many requests. Wait and try again later.", extra
+            ):
                 await send(message)
         elif fault.kind == "5xx":
             status = fault.status or 500
@@ -288,7 +306,10 @@ class FaultMiddleware:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -300,7 +321,10 @@ class FaultMiddleware:
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"1000"),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": b'{"data": [', "more_body": True})

@@ -1,7 +1,7 @@
 """The Metronome emulator: the read/ingest surface of metronome-api.md §10 as a Starlette app.
 
-Field names, wrappers (`{"data": ...}`), cursor placement and error shapes follow the real API, so the
-project's client and the official SDK can both be tested against it.
+Field names, wrappers (`{"data": ...}`), cursor placement and error shapes follow the real API,
+so the project's client and the official SDK can both be tested against it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class BearerAuth:
         if scope["type"] == "http":
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                response = JSONResponse({"message": "Unauthorized: missing or invalid bearer token"}, 401)
+                response = JSONResponse(
+                    {"message": "Unauthorized: missing or invalid bearer token"}, 401
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -117,7 +119,10 @@ async def list_customer_metrics(request: Request) -> JSONResponse:
     _customer_or_404(request)
     limit = query_limit(request, DEFAULT_LIMIT)
     query_bool(request, "on_current_plan")
-    items = [_deprecated_fields(m) for m in state_of(request).metrics(include_archived=query_bool(request, "include_archived"))]
+    items = [
+        _deprecated_fields(m)
+        for m in state_of(request).metrics(include_archived=query_bool(request, "include_archived"))
+    ]
     data, cursor = page_of(request, items, kind="customer-billable-metrics", limit=limit)
     return JSONResponse({"data": data, "next_page": cursor})
 
@@ -229,12 +234,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"message": message}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_metronome_app(state: MetronomeState, *, token: str, faults: Faults | None = None) -> Starlette:
+def create_metronome_app(
+    state: MetronomeState, *, token: str, faults: Faults | None = None
+) -> Starlette:
     """The emulator app. `faults` supplies the empty-page toggles (None: never an empty page)."""
     routes = [
         Route("/v1/customers", list_customers, methods=["GET"]),
         Route("/v1/customers/{customer_id}", get_customer, methods=["GET"]),
-        Route("/v1/customers/{customer_id}/billable-metrics", list_customer_metrics, methods=["GET"]),
+        Route(
+            "/v1/customers/{customer_id}/billable-metrics", list_customer_metrics, methods=["GET"]
+        ),
         Route("/v1/customers/{customer_id}/invoices", list_invoices, methods=["GET"]),
         # Must precede {invoice_id}: "breakdowns" is not an invoice id.
         Route("/v1/customers/{customer_id}/invoices/breakdowns", list_breakdowns, methods=["GET"]),
@@ -244,9 +253,15 @@ def create_metronome_app(state: MetronomeState, *, token: str, faults: Faults | 
         Route("/v1/usage", usage, methods=["POST"]),
         Route("/v1/usage/groups", usage_groups, methods=["POST"]),
         Route("/v1/ingest", ingest, methods=["POST"]),
-        Route("/v1/getCustomerBillingProviderConfigurations", billing_provider_configurations, methods=["POST"]),
+        Route(
+            "/v1/getCustomerBillingProviderConfigurations",
+            billing_provider_configurations,
+            methods=["POST"],
+        ),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error})
+    app = Starlette(
+        routes=routes, exception_handlers={ApiError: _api_error, HTTPException: _http_error}
+    )
     app.state.metronome = state
     app.state.faults = faults
     app.add_middleware(BearerAuth, token=token)

@@ -120,7 +120,9 @@ def state_of(request: Request) -> MetronomeState:
     return state
 
 
-def page_of(request: Request, items: list[T], *, kind: str, limit: int) -> tuple[list[T], str | None]:
+def page_of(
+    request: Request, items: list[T], *, kind: str, limit: int
+) -> tuple[list[T], str | None]:
     """The page named by the `next_page` query parameter (400 for a cursor we did not issue)."""
     faults: Faults | None = request.app.state.faults
     cursor = request.query_params.get("next_page")

@@ -72,7 +72,9 @@ class InvoicesMixin:
             if invoice_id in self._invoices:
                 raise ValueError(f"invoice {invoice_id} already exists")
             created = _utc(created_at, "created_at") if created_at else start
-            record = InvoiceRecord(invoice_id, customer_id, start, end, type, dict(credit_type), grace, created)
+            record = InvoiceRecord(
+                invoice_id, customer_id, start, end, type, dict(credit_type), grace, created
+            )
             self._invoices[invoice_id] = record
             return self._render(record)
 
@@ -84,8 +86,8 @@ class InvoicesMixin:
         credit_type: dict[str, str] = USD_CREDIT_TYPE,
         grace: timedelta = timedelta(hours=24),
     ) -> list[str]:
-        """One USAGE invoice per calendar month from `first_period_start` on, each created when its
-        month begins (also later, as the clock advances). Returns the ids of those that exist now."""
+        """One USAGE invoice per calendar month from `first_period_start` on, each created when
+        its month begins (also later, as the clock advances). Returns the ids existing now."""
         first = month_start(_utc(first_period_start, "first_period_start"))
         with self._lock:
             if customer_id not in self._customers:
@@ -103,7 +105,7 @@ class InvoicesMixin:
         return str(uuid.uuid5(self._id_ns, f"{customer_id}|{credit_type_id}|{fmt(month)}"))
 
     def _materialize(self) -> None:
-        """Create the monthly invoices whose month has begun (ids derived, not drawn: order-free)."""
+        """Create the monthly invoices whose month has begun (ids derived: order-free)."""
         now = self.clock.now()
         for customer_id, credit_type, grace, first in self._monthly:
             month = first
@@ -111,12 +113,20 @@ class InvoicesMixin:
                 invoice_id = self._monthly_id(customer_id, credit_type["id"], month)
                 if invoice_id not in self._invoices:
                     self._invoices[invoice_id] = InvoiceRecord(
-                        invoice_id, customer_id, month, add_months(month, 1), "USAGE",
-                        dict(credit_type), grace, month,
+                        invoice_id,
+                        customer_id,
+                        month,
+                        add_months(month, 1),
+                        "USAGE",
+                        dict(credit_type),
+                        grace,
+                        month,
                     )
                 month = add_months(month, 1)
 
-    def set_invoice_total(self, invoice_id: str, total_cents: Decimal | int, *, effective_at: datetime) -> None:
+    def set_invoice_total(
+        self, invoice_id: str, total_cents: Decimal | int, *, effective_at: datetime
+    ) -> None:
         """Give the invoice an explicit total from `effective_at` on (replaces usage pricing)."""
         with self._lock:
             record = self._invoice(invoice_id)
@@ -124,17 +134,23 @@ class InvoicesMixin:
                 record.timeline = []
             record.timeline.append((_utc(effective_at, "effective_at"), to_decimal(total_cents)))
 
-    def add_credit(self, customer_id: str, invoice_id: str, cents: Decimal | int, *, effective_at: datetime) -> str:
+    def add_credit(
+        self, customer_id: str, invoice_id: str, cents: Decimal | int, *, effective_at: datetime
+    ) -> str:
         """A credit that lowers the invoice total from `effective_at` on; returns the credit id."""
         with self._lock:
             record = self._invoice(invoice_id)
             if record.customer_id != customer_id:
                 raise ValueError(f"invoice {invoice_id} does not belong to customer {customer_id}")
             credit_id = self.new_id()
-            record.credits.append(Credit(credit_id, to_decimal(cents), _utc(effective_at, "effective_at")))
+            record.credits.append(
+                Credit(credit_id, to_decimal(cents), _utc(effective_at, "effective_at"))
+            )
             return credit_id
 
-    def void_invoice(self, invoice_id: str, *, at: datetime, reissue: bool = True) -> dict[str, Any] | None:
+    def void_invoice(
+        self, invoice_id: str, *, at: datetime, reissue: bool = True
+    ) -> dict[str, Any] | None:
         """From `at` on the invoice is VOID (total frozen); a re-issue continues the same period."""
         void_at = _utc(at, "at")
         with self._lock:
@@ -145,16 +161,25 @@ class InvoicesMixin:
             if not reissue:
                 return None
             new = InvoiceRecord(
-                self.new_id(), record.customer_id, record.period_start, record.period_end, record.type,
-                dict(record.credit_type), record.grace, max(void_at, record.created_at),
+                self.new_id(),
+                record.customer_id,
+                record.period_start,
+                record.period_end,
+                record.type,
+                dict(record.credit_type),
+                record.grace,
+                max(void_at, record.created_at),
                 timeline=list(record.timeline) if record.timeline is not None else None,
-                credits=list(record.credits), corrects=record.id,
+                credits=list(record.credits),
+                corrects=record.id,
             )
             record.reissued_as = new.id
             self._invoices[new.id] = new
             return self._render(new)
 
-    def get_invoice(self, invoice_id: str, *, skip_zero_qty_line_items: bool = False) -> dict[str, Any] | None:
+    def get_invoice(
+        self, invoice_id: str, *, skip_zero_qty_line_items: bool = False
+    ) -> dict[str, Any] | None:
         """The invoice as of now, or None if unknown or not yet created."""
         with self._lock:
             self._materialize()
@@ -163,7 +188,9 @@ class InvoicesMixin:
                 return None
             return self._render(record, skip_zero_qty_line_items=skip_zero_qty_line_items)
 
-    def invoices(self, customer_id: str, *, skip_zero_qty_line_items: bool = False) -> list[dict[str, Any]]:
+    def invoices(
+        self, customer_id: str, *, skip_zero_qty_line_items: bool = False
+    ) -> list[dict[str, Any]]:
         """The customer's invoices visible now, in creation order."""
         with self._lock:
             self._materialize()
@@ -204,7 +231,10 @@ class InvoicesMixin:
                         or not record.visible(now)
                         or current == "VOID"
                         or (status is not None and current != status)
-                        or (credit_type_id is not None and record.credit_type["id"] != credit_type_id)
+                        or (
+                            credit_type_id is not None
+                            and record.credit_type["id"] != credit_type_id
+                        )
                     ):
                         continue
                     if start >= record.period_start and end <= record.period_end:
@@ -212,12 +242,19 @@ class InvoicesMixin:
             return out
 
     def breakdown(
-        self, invoice_id: str, start: datetime, end: datetime, *, skip_zero_qty_line_items: bool = False
+        self,
+        invoice_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        skip_zero_qty_line_items: bool = False,
     ) -> dict[str, Any]:
         """The BreakdownInvoice of one invoice for the window [start, end), as of now."""
         with self._lock:
             return self._render(
-                self._invoice(invoice_id), window=(start, end), skip_zero_qty_line_items=skip_zero_qty_line_items
+                self._invoice(invoice_id),
+                window=(start, end),
+                skip_zero_qty_line_items=skip_zero_qty_line_items,
             )
 
     def _invoice(self, invoice_id: str) -> InvoiceRecord:
@@ -235,6 +272,10 @@ class InvoicesMixin:
         skip_zero_qty_line_items: bool = False,
     ) -> dict[str, Any]:
         return render_invoice(
-            record, self.clock.now(), self._priced_metrics(), self._hour_value,
-            window=window, skip_zero_qty_line_items=skip_zero_qty_line_items,
+            record,
+            self.clock.now(),
+            self._priced_metrics(),
+            self._hour_value,
+            window=window,
+            skip_zero_qty_line_items=skip_zero_qty_line_items,
         )

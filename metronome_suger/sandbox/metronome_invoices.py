@@ -87,7 +87,9 @@ def round_cents(value: Decimal) -> Decimal:
     return value.quantize(Decimal(1), rounding=ROUND_HALF_UP)
 
 
-def _timeline_total(timeline: Sequence[tuple[datetime, Decimal]], t: datetime, *, inclusive: bool) -> Decimal:
+def _timeline_total(
+    timeline: Sequence[tuple[datetime, Decimal]], t: datetime, *, inclusive: bool
+) -> Decimal:
     total = Decimal(0)
     for effective_at, amount in sorted(timeline, key=lambda entry: entry[0]):
         if effective_at < t or (inclusive and effective_at == t):
@@ -129,9 +131,15 @@ def _usage_lines(
     return lines
 
 
-def _timeline_line(inv: InvoiceRecord, start: datetime, end: datetime, as_of: datetime) -> dict[str, Any]:
+def _timeline_line(
+    inv: InvoiceRecord, start: datetime, end: datetime, as_of: datetime
+) -> dict[str, Any]:
     assert inv.timeline is not None
-    lower = Decimal(0) if start <= inv.period_start else _timeline_total(inv.timeline, start, inclusive=False)
+    lower = (
+        Decimal(0)
+        if start <= inv.period_start
+        else _timeline_total(inv.timeline, start, inclusive=False)
+    )
     if end <= as_of:
         upper = _timeline_total(inv.timeline, end, inclusive=False)
     else:

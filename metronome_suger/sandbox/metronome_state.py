@@ -1,9 +1,9 @@
 """In-memory Metronome data behind the emulator, mutable from tests.
 
-Everything is stored timeless and rendered "as of" `clock.now()`: usage hours become visible once
-closed, invoices appear when created, grow while DRAFT, freeze when FINALIZED or VOID. One lock guards
-all of it, so tests may mutate while the server thread reads. Usage edits are not versioned: a late
-`set_usage` changes every view that includes that hour.
+Everything is stored timeless and rendered "as of" `clock.now()`: usage hours become visible
+once closed, invoices appear when created, grow while DRAFT, freeze when FINALIZED or VOID. One
+lock guards all of it, so tests may mutate while the server thread reads. Usage edits are not
+versioned: a late `set_usage` changes every view that includes that hour.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class MetronomeState(InvoicesMixin):
 
     def __init__(self, clock: SandboxClock, *, seed: int = 0) -> None:
         self.clock = clock
-        # The SDK documents `POST /v1/usage` bounds as "aligned to UTC midnight"; real enforcement is
-        # unconfirmed, so the emulator only requires hour alignment unless this is switched on.
+        # The SDK documents `POST /v1/usage` bounds as "aligned to UTC midnight"; real enforcement
+        # is unconfirmed, so the emulator only requires hour alignment unless this is switched on.
         self.strict_usage_bounds = False
         self._lock = threading.RLock()
         self._rng = random.Random(f"metronome-state:{seed}")
@@ -202,15 +202,23 @@ class MetronomeState(InvoicesMixin):
 
     # --------------------------------------------------------------- usage
     def set_usage(
-        self, customer_id: str, metric_id: str, hour_start: datetime, value: Decimal | int | float | None
+        self,
+        customer_id: str,
+        metric_id: str,
+        hour_start: datetime,
+        value: Decimal | int | float | None,
     ) -> None:
         """Set one UTC hour's value (None = null); overrides the generator and earlier calls."""
         hour = _hour(hour_start, "hour_start")
         with self._lock:
             self._check_pair(customer_id, metric_id)
-            self._usage[(customer_id, metric_id, hour)] = None if value is None else to_decimal(value)
+            self._usage[(customer_id, metric_id, hour)] = (
+                None if value is None else to_decimal(value)
+            )
 
-    def set_usage_generator(self, customer_id: str, metric_id: str, generator: UsageGenerator) -> None:
+    def set_usage_generator(
+        self, customer_id: str, metric_id: str, generator: UsageGenerator
+    ) -> None:
         """Deterministic value for hours without an explicit `set_usage` (None = null hour)."""
         with self._lock:
             self._check_pair(customer_id, metric_id)
@@ -219,7 +227,8 @@ class MetronomeState(InvoicesMixin):
                 del self._generated[key]
 
     def usage_value(self, customer_id: str, metric_id: str, hour_start: datetime) -> Decimal | None:
-        """The hour's value regardless of visibility: explicit, else generated, else 0; plus ingest."""
+        """The hour's value regardless of visibility: explicit, else generated, else 0; plus
+        what was ingested."""
         hour = _hour(hour_start, "hour_start")
         with self._lock:
             return self._hour_value(customer_id, metric_id, hour)
@@ -281,7 +290,12 @@ class MetronomeState(InvoicesMixin):
         return added
 
     def _apply(
-        self, customer_id: str, metric: dict[str, Any], hour: datetime, at: datetime, event: dict[str, Any]
+        self,
+        customer_id: str,
+        metric: dict[str, Any],
+        hour: datetime,
+        at: datetime,
+        event: dict[str, Any],
     ) -> None:
         amount = event_amount(metric, event)
         if amount is None:
@@ -308,4 +322,6 @@ class MetronomeState(InvoicesMixin):
             return copy.deepcopy(list(self._events.values()))
 
     def _priced_metrics(self) -> list[PricedMetric]:
-        return [PricedMetric(m["id"], m["name"], self._prices[m["id"]]) for m in self._metrics.values()]
+        return [
+            PricedMetric(m["id"], m["name"], self._prices[m["id"]]) for m in self._metrics.values()
+        ]

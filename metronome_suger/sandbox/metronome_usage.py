@@ -35,7 +35,9 @@ def aggregate(aggregation_type: str, values: Iterable[Decimal | None]) -> Decima
     return result if seen else Decimal(0)
 
 
-def combine_hour(aggregation_type: str, base: Decimal | None, ingested: Decimal | None) -> Decimal | None:
+def combine_hour(
+    aggregation_type: str, base: Decimal | None, ingested: Decimal | None
+) -> Decimal | None:
     """One hour's value from its base (explicit or generated) and what was ingested."""
     if ingested is None:
         return base

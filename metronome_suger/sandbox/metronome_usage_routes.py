@@ -24,7 +24,16 @@ from metronome_suger.sandbox.metronome_http import (
     window_size,
 )
 from metronome_suger.sandbox.metronome_state import MetronomeState
-from metronome_suger.sandbox.wire import DAY, HOUR, add_months, floor_day, floor_hour, fmt, json_number, month_start
+from metronome_suger.sandbox.wire import (
+    DAY,
+    HOUR,
+    add_months,
+    floor_day,
+    floor_hour,
+    fmt,
+    json_number,
+    month_start,
+)
 
 USAGE_PAGE_SIZE = 100
 MAX_RANGE = timedelta(days=400)
@@ -70,13 +79,17 @@ def _group_by(metric_filter: dict[str, Any]) -> dict[str, Any] | None:
         raise bad_request("group_by.key is required")
     values = group_by.get("values")
     if values is not None and (
-        not isinstance(values, list) or not 1 <= len(values) <= 200 or not all(isinstance(v, str) for v in values)
+        not isinstance(values, list)
+        or not 1 <= len(values) <= 200
+        or not all(isinstance(v, str) for v in values)
     ):
         raise bad_request("group_by.values must be a list of 1 to 200 strings")
     return group_by
 
 
-def _selected_metrics(state: MetronomeState, body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+def _selected_metrics(
+    state: MetronomeState, body: dict[str, Any]
+) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
     raw = body.get("billable_metrics")
     if raw is None:
         return [(m, None) for m in state.metrics(include_archived=False)]
@@ -162,7 +175,11 @@ async def usage_groups(request: Request) -> JSONResponse:
     page, cursor = page_of(request, keys, kind="usage-groups", limit=limit)
     rows = []
     for (ws, we), group_value in page:
-        value = None if group_value is not None else state.window_value(body["customer_id"], metric["id"], ws, we)
+        value = (
+            None
+            if group_value is not None
+            else state.window_value(body["customer_id"], metric["id"], ws, we)
+        )
         rows.append(
             {
                 "starting_on": fmt(ws),

@@ -2,8 +2,9 @@
 Suger buyers and entitlements they link to.
 
 Every awkward case the plugin must handle exists at least once (null and zero hours, an unlinked
-customer, one customer on two marketplaces, an inactive entitlement, a renewal, a credit, a VOID and
-re-issue, a non-USD invoice, a SCHEDULED invoice), so the demo and the tests meet them without setup.
+customer, one customer on two marketplaces, an inactive entitlement, a renewal, a credit, a VOID
+and re-issue, a non-USD invoice, a SCHEDULED invoice), so the demo and the tests meet them without
+setup.
 Roles sit at fixed positions; the full set needs `customers >= 6`.
 """
 
@@ -34,18 +35,41 @@ DIMENSIONS: tuple[dict[str, Any], ...] = (
     {"key": "storage_gb", "name": "Storage GB-hours", "rate": Decimal("0.005")},
     {"key": "usage_fee", "name": "Usage fee", "rate": Decimal("0.01")},
 )
-NAMES = ("Acme Analytics", "Globex Cloud", "Initech Data", "Umbrella AI", "Hooli Search", "Stark Compute",
-         "Wayne Robotics", "Tyrell Genomics", "Soylent Foods", "Cyberdyne Systems", "Wonka Labs", "Vandelay Imports")
+NAMES = (
+    "Acme Analytics",
+    "Globex Cloud",
+    "Initech Data",
+    "Umbrella AI",
+    "Hooli Search",
+    "Stark Compute",
+    "Wayne Robotics",
+    "Tyrell Genomics",
+    "Soylent Foods",
+    "Cyberdyne Systems",
+    "Wonka Labs",
+    "Vandelay Imports",
+)
 # role -> position of the customer that plays it
 ROLE_POSITIONS = {
-    "aws": 0, "credit": 0, "null_usage": 0,
+    "aws": 0,
+    "credit": 0,
+    "null_usage": 0,
     "multi_marketplace": 1,
     "void": 2,
-    "renewal": 3, "scheduled": 3,
-    "non_usd": 4, "inactive_entitlement": 4,
+    "renewal": 3,
+    "scheduled": 3,
+    "non_usd": 4,
+    "inactive_entitlement": 4,
     "unlinked": 5,
 }
-FIXED_PARTNERS = {0: ("AWS",), 1: ("AWS", "GCP"), 2: ("AZURE",), 3: ("GCP",), 4: ("AWS",), 5: ("AZURE",)}
+FIXED_PARTNERS = {
+    0: ("AWS",),
+    1: ("AWS", "GCP"),
+    2: ("AZURE",),
+    3: ("GCP",),
+    4: ("AWS",),
+    5: ("AZURE",),
+}
 _DIURNAL = (6, 5, 5, 4, 4, 5, 7, 9, 11, 12, 13, 13, 12, 12, 13, 13, 12, 11, 10, 9, 8, 8, 7, 6)
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -63,10 +87,16 @@ class ScenarioInfo:
     roles: dict[str, str] = field(default_factory=dict)  # role -> customer id
     linked_customer_ids: list[str] = field(default_factory=list)
     unlinked_customer_ids: list[str] = field(default_factory=list)
-    partners: dict[str, list[str]] = field(default_factory=dict)  # customer -> partners of its buyers
+    partners: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # customer -> partners of its buyers
     buyer_ids: dict[str, list[str]] = field(default_factory=dict)  # customer -> buyer ids
-    entitlement_ids: dict[str, list[str]] = field(default_factory=dict)  # customer -> entitlement ids
-    invoice_ids: dict[str, list[str]] = field(default_factory=dict)  # customer -> invoices at build time
+    entitlement_ids: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # customer -> entitlement ids
+    invoice_ids: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # customer -> invoices at build time
     inactive_entitlement_id: str | None = None
     renewal_entitlement_id: str | None = None
     renewal_at: datetime | None = None
@@ -100,7 +130,9 @@ def _mix(*parts: int) -> int:
     return x
 
 
-def usage_generator(seed: int, position: int, metric: str, start: datetime, *, nulls: bool) -> UsageGenerator:
+def usage_generator(
+    seed: int, position: int, metric: str, start: datetime, *, nulls: bool
+) -> UsageGenerator:
     """Hourly values: daily rhythm, per-hour noise, growth over time, some zero (and null) hours.
 
     Integer arithmetic only, so values are exact and identical on every platform."""
@@ -152,7 +184,12 @@ def build_scenario(
         return info
     for name, agg, key, price, archived in METRICS:
         metric = metronome.add_billable_metric(
-            name, aggregation_type=agg, aggregation_key=key, id=_uuid(rng), archived=archived, unit_price_cents=price
+            name,
+            aggregation_type=agg,
+            aggregation_key=key,
+            id=_uuid(rng),
+            archived=archived,
+            unit_price_cents=price,
         )
         info.metric_ids[name] = metric["id"]
         if archived:
@@ -164,12 +201,21 @@ def build_scenario(
 
 
 def _add_customer(
-    metronome: MetronomeState, suger: SugerState, info: ScenarioInfo, rng: random.Random, position: int
+    metronome: MetronomeState,
+    suger: SugerState,
+    info: ScenarioInfo,
+    rng: random.Random,
+    position: int,
 ) -> None:
-    name = NAMES[position % len(NAMES)] + ("" if position < len(NAMES) else f" {position // len(NAMES) + 1}")
+    name = NAMES[position % len(NAMES)] + (
+        "" if position < len(NAMES) else f" {position // len(NAMES) + 1}"
+    )
     slug = name.lower().replace(" ", "-")
     customer = metronome.add_customer(
-        name, id=_uuid(rng), ingest_aliases=[f"{slug}@example.com"], created_at=info.data_start - 30 * DAY,
+        name,
+        id=_uuid(rng),
+        ingest_aliases=[f"{slug}@example.com"],
+        created_at=info.data_start - 30 * DAY,
         custom_fields={"tier": ("enterprise", "growth", "startup")[position % 3]},
     )
     customer_id = customer["id"]
@@ -187,17 +233,25 @@ def _add_customer(
     (info.unlinked_customer_ids if unlinked else info.linked_customer_ids).append(customer_id)
     for partner in _partners(position):
         buyer = suger.add_buyer(
-            f"{name} ({partner})", partner=partner, metronome_customer_id=None if unlinked else customer_id,
+            f"{name} ({partner})",
+            partner=partner,
+            metronome_customer_id=None if unlinked else customer_id,
             id=_short(rng),
         )
         entitlement = suger.add_entitlement(
-            buyer["id"], partner=partner, dimensions=[dict(d) for d in DIMENSIONS], id=_short(rng),
-            start_time=info.data_start - 60 * DAY, name=f"{name} {partner} pay-as-you-go",
+            buyer["id"],
+            partner=partner,
+            dimensions=[dict(d) for d in DIMENSIONS],
+            id=_short(rng),
+            start_time=info.data_start - 60 * DAY,
+            name=f"{name} {partner} pay-as-you-go",
         )
         info.partners.setdefault(customer_id, []).append(partner)
         info.buyer_ids.setdefault(customer_id, []).append(buyer["id"])
         info.entitlement_ids.setdefault(customer_id, []).append(entitlement["id"])
-    info.invoice_ids[customer_id] = metronome.add_monthly_invoices(customer_id, first_period_start=info.data_start)
+    info.invoice_ids[customer_id] = metronome.add_monthly_invoices(
+        customer_id, first_period_start=info.data_start
+    )
 
 
 def _invoice_covering(info: ScenarioInfo, customer_id: str, at: datetime) -> str:
@@ -209,7 +263,8 @@ def _invoice_covering(info: ScenarioInfo, customer_id: str, at: datetime) -> str
 def _add_special_cases(
     metronome: MetronomeState, suger: SugerState, info: ScenarioInfo, rng: random.Random
 ) -> dict[str, Any]:
-    """Credits, void + re-issue, non-USD and SCHEDULED invoices, an inactive entitlement, a renewal."""
+    """Credits, void + re-issue, non-USD and SCHEDULED invoices, an inactive entitlement, a
+    renewal."""
     values: dict[str, Any] = {}
     now_hour = floor_hour(info.now)
     roles = info.roles
@@ -228,11 +283,16 @@ def _add_special_cases(
         reissued = metronome.void_invoice(invoice_id, at=void_at, reissue=True)
         assert reissued is not None
         info.invoice_ids[roles["void"]].append(reissued["id"])
-        values.update(voided_invoice_id=invoice_id, reissued_invoice_id=reissued["id"], void_at=void_at)
+        values.update(
+            voided_invoice_id=invoice_id, reissued_invoice_id=reissued["id"], void_at=void_at
+        )
     if "scheduled" in roles:
         invoice = metronome.add_invoice(
-            roles["scheduled"], period_start=info.data_start, period_end=add_months(info.data_start, 1),
-            id=_uuid(rng), type="SCHEDULED",
+            roles["scheduled"],
+            period_start=info.data_start,
+            period_end=add_months(info.data_start, 1),
+            id=_uuid(rng),
+            type="SCHEDULED",
         )
         metronome.set_invoice_total(invoice["id"], 50_000, effective_at=info.data_start)
         info.invoice_ids[roles["scheduled"]].append(invoice["id"])
@@ -241,13 +301,16 @@ def _add_special_cases(
         credit_type = {"id": _uuid(rng), "name": "AI credits"}
         period_start = month_start(info.now)
         invoice = metronome.add_invoice(
-            roles["non_usd"], period_start=period_start, period_end=add_months(period_start, 1), id=_uuid(rng),
+            roles["non_usd"],
+            period_start=period_start,
+            period_end=add_months(period_start, 1),
+            id=_uuid(rng),
             credit_type=credit_type,
         )
-        total, day = 0, period_start
+        running, day = 0, period_start
         while day < add_months(period_start, 1):
-            total += rng.randint(100, 500)
-            metronome.set_invoice_total(invoice["id"], total, effective_at=day)
+            running += rng.randint(100, 500)
+            metronome.set_invoice_total(invoice["id"], running, effective_at=day)
             day += DAY
         info.invoice_ids[roles["non_usd"]].append(invoice["id"])
         values.update(non_usd_invoice_id=invoice["id"], non_usd_credit_type=credit_type)
@@ -256,8 +319,13 @@ def _add_special_cases(
         buyer_id = info.buyer_ids[customer_id][0]
         partner = info.partners[customer_id][0]
         entitlement = suger.add_entitlement(
-            buyer_id, partner=partner, dimensions=[dict(d) for d in DIMENSIONS], status="CANCELLED",
-            id=_short(rng), start_time=info.data_start - 400 * DAY, end_time=info.data_start - 35 * DAY,
+            buyer_id,
+            partner=partner,
+            dimensions=[dict(d) for d in DIMENSIONS],
+            status="CANCELLED",
+            id=_short(rng),
+            start_time=info.data_start - 400 * DAY,
+            end_time=info.data_start - 35 * DAY,
             name="Legacy plan (cancelled)",
         )
         info.entitlement_ids[customer_id].append(entitlement["id"])

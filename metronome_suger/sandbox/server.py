@@ -1,7 +1,8 @@
-"""Run both emulators on loopback: the harness behind the tests, the demo and `metronome-suger sandbox`.
+"""Run both emulators on loopback: the harness behind the tests, the demo and
+`metronome-suger sandbox`.
 
-Each emulator gets its own uvicorn server in a daemon thread, on a socket we bind ourselves so port 0
-yields a known ephemeral port; several sandboxes can run side by side in one process.
+Each emulator gets its own uvicorn server in a daemon thread, on a socket we bind ourselves so
+port 0 yields a known ephemeral port; several sandboxes can run side by side in one process.
 """
 
 from __future__ import annotations
@@ -110,14 +111,19 @@ class _Emulator:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self.server = _NotifyingServer(config)
         self.thread = threading.Thread(
-            target=self.server.run_in_thread, args=(self.sock,), name=f"sandbox-{self.name}-{self.port}", daemon=True
+            target=self.server.run_in_thread,
+            args=(self.sock,),
+            name=f"sandbox-{self.name}-{self.port}",
+            daemon=True,
         )
         self.thread.start()
 
     def wait_ready(self) -> None:
         assert self.server is not None
         if not self.server.ready.wait(STARTUP_TIMEOUT_SECONDS):
-            raise RuntimeError(f"{self.name} emulator did not start within {STARTUP_TIMEOUT_SECONDS}s")
+            raise RuntimeError(
+                f"{self.name} emulator did not start within {STARTUP_TIMEOUT_SECONDS}s"
+            )
         if self.server.error is not None or not self.server.started:
             raise RuntimeError(f"{self.name} emulator failed to start") from self.server.error
 
@@ -169,12 +175,23 @@ class Sandbox:
         self.suger_faults = Faults()
         self.metronome_log = RequestLog()
         self.suger_log = RequestLog()
-        metronome_app = create_metronome_app(self.metronome, token=metronome_token, faults=self.metronome_faults)
+        metronome_app = create_metronome_app(
+            self.metronome, token=metronome_token, faults=self.metronome_faults
+        )
         suger_app = create_suger_app(self.suger, api_key=suger_api_key)
         self._emulators = [
-            _Emulator("metronome", FaultMiddleware(metronome_app, self.metronome_faults, self.metronome_log),
-                      host, metronome_port),
-            _Emulator("suger", FaultMiddleware(suger_app, self.suger_faults, self.suger_log), host, suger_port),
+            _Emulator(
+                "metronome",
+                FaultMiddleware(metronome_app, self.metronome_faults, self.metronome_log),
+                host,
+                metronome_port,
+            ),
+            _Emulator(
+                "suger",
+                FaultMiddleware(suger_app, self.suger_faults, self.suger_log),
+                host,
+                suger_port,
+            ),
         ]
         self._running = False
 
@@ -213,7 +230,10 @@ class Sandbox:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

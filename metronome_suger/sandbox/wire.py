@@ -10,7 +10,7 @@ DAY = timedelta(days=1)
 
 
 def parse_rfc3339(value: str) -> datetime:
-    """Parse `...Z`, `...+00:00` or `....000Z`; a timestamp without offset is rejected (ValueError)."""
+    """Parse `...Z`, `...+00:00` or `....000Z`; no offset is a ValueError."""
     if not isinstance(value, str) or len(value) < 20 or value[4] != "-" or value[10] not in "Tt":
         raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
     text = value[:-1] + "+00:00" if value[-1] in "Zz" else value

@@ -21,24 +21,26 @@ def _is_lock_error(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
-@retry(
-    retry=retry_if_exception(_is_lock_error),
-    wait=wait_random_exponential(multiplier=0.1, max=5),
-    stop=stop_after_delay(120),
-    reraise=True,
-)
-def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Another process may hold the file lock for a moment (a run, the UI's reader): wait for it."""
-    return duckdb.connect(str(path), read_only=read_only)
+def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Another process may hold the file lock for a moment (a run, a sensor): wait for it, bounded."""
+    opener = retry(
+        retry=retry_if_exception(_is_lock_error),
+        wait=wait_random_exponential(multiplier=0.1, max=5),
+        stop=stop_after_delay(lock_timeout),
+        reraise=True,
+    )(duckdb.connect)
+    return opener(str(path), read_only=read_only)
 
 
 @contextmanager
-def connect(path: str | Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    path: str | Path, *, read_only: bool = False, lock_timeout: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open, ensure the schema (writers only), yield, and close even when the body raises."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _open(path, read_only)
+    conn = _open(path, read_only, lock_timeout)
     try:
         if not read_only:
             ensure_schema(conn)

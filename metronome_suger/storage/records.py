@@ -207,6 +207,21 @@ def _store(conn: duckdb.DuckDBPyConnection, window: Window, result: RecordsResul
             "INSERT INTO report_lines VALUES (?, ?, ?)",
             [(g.record_group_id, k, v) for k, v in g.records.items()],
         )
+    # What each pending group is worth at the entitlement's prices: the revenue at stake if it expires.
+    conn.execute(
+        f"""UPDATE report_ledger g SET dollars = coalesce((
+            SELECT sum(CAST(l.quantity * r.rate AS {QTY})) FROM report_lines l
+            JOIN (SELECT entitlement_id, dimension_key AS dim, max(rate) AS rate FROM _dims GROUP BY ALL
+                  UNION ALL
+                  SELECT entitlement_id, dimension_name, max(rate) FROM _dims
+                  WHERE dimension_name NOT IN (SELECT dimension_key FROM _dims d2
+                                               WHERE d2.entitlement_id = _dims.entitlement_id)
+                  GROUP BY ALL) r
+              ON r.entitlement_id = g.entitlement_id AND r.dim = l.dimension_key
+            WHERE l.record_group_id = g.record_group_id), 0)
+        WHERE g.window_start = ? AND g.status = 'pending'""",
+        [window.start],
+    )
     conn.execute("DELETE FROM over_reported WHERE window_start = ?", [window.start])
     if result.over_reported:
         conn.executemany(

@@ -74,6 +74,10 @@ def test_window_reports_exact_groups_per_partner_and_rerun_adds_nothing(sandbox:
     linkage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "customer_linkage")
     assert w.carol in linkage.metadata["details"].value and "'cpu_hours' = 7" in linkage.metadata["details"].value
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("sent", 3)]
+    # dollars at the entitlement's prices: 10 × $0.12 + 2.5 × $0.0005
+    assert pipeline.query("SELECT dollars FROM report_ledger WHERE entitlement_id = ?", [w.alice_aws]) == [
+        (Decimal("1.20125"),)
+    ]
 
     posts_before = len(sandbox.suger_log.find(method="POST"))
     again = pipeline.run(KEY)

@@ -89,8 +89,13 @@ def suger_api(sandbox: Sandbox) -> Iterator[httpx.Client]:
 
 
 def collect_pages(
-    client: httpx.Client, method: str, path: str, *, params: dict[str, Any] | None = None,
-    json: Any = None, max_pages: int = 200,
+    client: httpx.Client,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    json: Any = None,
+    max_pages: int = 200,
 ) -> list[list[dict[str, Any]]]:
     """Follow `next_page` (always in the query string) to the end; returns every page's data."""
     pages: list[list[dict[str, Any]]] = []

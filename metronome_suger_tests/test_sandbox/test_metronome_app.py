@@ -1,16 +1,20 @@
-"""The Metronome emulator over real HTTP: auth, errors, pagination, usage, ingest, metrics."""
+"""The Metronome emulator over real HTTP: auth, errors, pagination, customers and metrics."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
 from metronome_suger.sandbox.server import Sandbox
-from metronome_suger_tests.test_sandbox.conftest import NOW, collect_pages, flatten, metronome_client
+from metronome_suger_tests.test_sandbox.conftest import (
+    NOW,
+    collect_pages,
+    flatten,
+    metronome_client,
+)
 
 HOUR = timedelta(hours=1)
 DAY_START = NOW.replace(hour=0, minute=0)  # 2026-11-25T00:00Z
@@ -18,15 +22,22 @@ DAY_START = NOW.replace(hour=0, minute=0)  # 2026-11-25T00:00Z
 
 def usage_body(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "starting_on": "2026-11-25T00:00:00Z", "ending_before": "2026-11-26T00:00:00Z", "window_size": "HOUR"
+        "starting_on": "2026-11-25T00:00:00Z",
+        "ending_before": "2026-11-26T00:00:00Z",
+        "window_size": "HOUR",
     }
     body.update(overrides)
     return body
 
 
 # ------------------------------------------------------------------------------------------ auth
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Key sandbox-metronome-token"}])
-def test_requests_without_the_bearer_token_get_401_json(shared_sandbox: Sandbox, headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Key sandbox-metronome-token"}],
+)
+def test_requests_without_the_bearer_token_get_401_json(
+    shared_sandbox: Sandbox, headers: dict[str, str]
+) -> None:
     response = httpx.get(f"{shared_sandbox.metronome_url}/v1/customers", headers=headers)
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("application/json")
@@ -35,7 +46,10 @@ def test_requests_without_the_bearer_token_get_401_json(shared_sandbox: Sandbox,
 
 def test_custom_token_is_enforced() -> None:
     with Sandbox(customers=0, metronome_token="other-token") as sandbox:
-        with metronome_client(sandbox) as default_client, metronome_client(sandbox, "other-token") as client:
+        with (
+            metronome_client(sandbox) as default_client,
+            metronome_client(sandbox, "other-token") as client,
+        ):
             assert default_client.get("/v1/customers").status_code == 401
             assert client.get("/v1/customers").status_code == 200
 
@@ -57,7 +71,9 @@ def test_unknown_resources_are_404_json(shared_api: httpx.Client, path: str) -> 
     assert set(response.json()) == {"message"}
 
 
-def test_unknown_or_foreign_invoice_is_404(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
+def test_unknown_or_foreign_invoice_is_404(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
     first, second = shared_sandbox.scenario.customer_ids[:2]
     foreign_invoice = shared_sandbox.scenario.invoice_ids[second][0]
     assert shared_api.get(f"/v1/customers/{first}/invoices/{foreign_invoice}").status_code == 404
@@ -70,7 +86,12 @@ def test_unknown_or_foreign_invoice_is_404(shared_api: httpx.Client, shared_sand
 def test_usage_for_unknown_customer_or_metric_is_404(shared_api: httpx.Client) -> None:
     unknown = "00000000-0000-4000-8000-000000000000"
     assert shared_api.post("/v1/usage", json=usage_body(customer_ids=[unknown])).status_code == 404
-    assert shared_api.post("/v1/usage", json=usage_body(billable_metrics=[{"id": unknown}])).status_code == 404
+    assert (
+        shared_api.post(
+            "/v1/usage", json=usage_body(billable_metrics=[{"id": unknown}])
+        ).status_code
+        == 404
+    )
 
 
 # ------------------------------------------------------------------------------------------ 400
@@ -83,7 +104,16 @@ def test_usage_for_unknown_customer_or_metric_is_404(shared_api: httpx.Client) -
         ("GET", "/v1/customers", {"params": {"next_page": "garbage!!"}}),
         ("GET", "/v1/customers", {"params": {"only_archived": "maybe"}}),
         ("GET", "/v1/billable-metrics", {"params": {"limit": 500}}),
-        ("POST", "/v1/usage", {"json": {"starting_on": "2026-11-25T00:00:00Z", "ending_before": "2026-11-26T00:00:00Z"}}),
+        (
+            "POST",
+            "/v1/usage",
+            {
+                "json": {
+                    "starting_on": "2026-11-25T00:00:00Z",
+                    "ending_before": "2026-11-26T00:00:00Z",
+                }
+            },
+        ),
         ("POST", "/v1/usage", {"json": usage_body(window_size="WEEK")}),
         ("POST", "/v1/usage", {"json": usage_body(starting_on="yesterday")}),
         ("POST", "/v1/usage", {"json": usage_body(starting_on="2026-11-25T00:00:00")}),
@@ -92,17 +122,56 @@ def test_usage_for_unknown_customer_or_metric_is_404(shared_api: httpx.Client) -
         ("POST", "/v1/usage", {"json": usage_body(billable_metrics=[{"name": "cpu_hours"}])}),
         ("POST", "/v1/usage", {"json": usage_body(customer_ids="abc")}),
         ("POST", "/v1/usage", {"json": ["not", "an", "object"]}),
-        ("POST", "/v1/usage", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+        (
+            "POST",
+            "/v1/usage",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        ),
         ("POST", "/v1/usage/groups", {"json": {"window_size": "HOUR"}}),
         ("POST", "/v1/ingest", {"json": []}),
         ("POST", "/v1/ingest", {"json": {"transaction_id": "x"}}),
-        ("POST", "/v1/ingest", {"json": [{"customer_id": "c", "event_type": "e", "timestamp": "2026-11-25T00:00:00Z"}]}),
-        ("POST", "/v1/ingest", {"json": [{"transaction_id": "t", "customer_id": "c", "event_type": "e", "timestamp": "bad"}]}),
-        ("POST", "/v1/ingest", {"json": [{"transaction_id": "t", "customer_id": "c", "event_type": "e",
-                                          "timestamp": "2026-11-27T00:00:00Z"}]}),
+        (
+            "POST",
+            "/v1/ingest",
+            {
+                "json": [
+                    {"customer_id": "c", "event_type": "e", "timestamp": "2026-11-25T00:00:00Z"}
+                ]
+            },
+        ),
+        (
+            "POST",
+            "/v1/ingest",
+            {
+                "json": [
+                    {
+                        "transaction_id": "t",
+                        "customer_id": "c",
+                        "event_type": "e",
+                        "timestamp": "bad",
+                    }
+                ]
+            },
+        ),
+        (
+            "POST",
+            "/v1/ingest",
+            {
+                "json": [
+                    {
+                        "transaction_id": "t",
+                        "customer_id": "c",
+                        "event_type": "e",
+                        "timestamp": "2026-11-27T00:00:00Z",
+                    }
+                ]
+            },
+        ),
     ],
 )
-def test_validation_errors_are_400_json(shared_api: httpx.Client, method: str, path: str, kwargs: dict[str, Any]) -> None:
+def test_validation_errors_are_400_json(
+    shared_api: httpx.Client, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
     response = shared_api.request(method, path, **kwargs)
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"message"}
@@ -115,13 +184,24 @@ def test_ingest_batch_over_100_is_400(shared_api: httpx.Client) -> None:
     assert shared_api.post("/v1/ingest", json=events[:100]).status_code == 200
 
 
-def test_invoice_and_breakdown_parameter_errors(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
+def test_invoice_and_breakdown_parameter_errors(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
     customer = shared_sandbox.scenario.customer_ids[0]
     base = f"/v1/customers/{customer}/invoices"
     assert shared_api.get(base, params={"sort": "newest"}).status_code == 400
     assert shared_api.get(base, params={"starting_on": "not-a-date"}).status_code == 400
-    assert shared_api.get(f"{base}/breakdowns", params={"ending_before": "2026-11-26T00:00:00Z"}).status_code == 400
-    bad_window = {"starting_on": "2026-11-25T00:00:00Z", "ending_before": "2026-11-26T00:00:00Z", "window_size": "NONE"}
+    assert (
+        shared_api.get(
+            f"{base}/breakdowns", params={"ending_before": "2026-11-26T00:00:00Z"}
+        ).status_code
+        == 400
+    )
+    bad_window = {
+        "starting_on": "2026-11-25T00:00:00Z",
+        "ending_before": "2026-11-26T00:00:00Z",
+        "window_size": "NONE",
+    }
     assert shared_api.get(f"{base}/breakdowns", params=bad_window).status_code == 400
 
 
@@ -136,17 +216,25 @@ def test_a_cursor_from_another_listing_is_rejected(shared_api: httpx.Client) -> 
 # ----------------------------------------------------------------------------------- pagination
 def _assert_one_empty_page(pages: list[list[dict[str, Any]]]) -> None:
     empties = [i for i, page in enumerate(pages) if not page]
-    assert empties == [1], f"expected exactly the second page to be empty, got page sizes {[len(p) for p in pages]}"
+    assert empties == [1], (
+        f"expected exactly the second page to be empty, got page sizes {[len(p) for p in pages]}"
+    )
 
 
-def test_customers_paginate_through_an_empty_page(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
+def test_customers_paginate_through_an_empty_page(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
     pages = collect_pages(shared_api, "GET", "/v1/customers", params={"limit": 2})
     _assert_one_empty_page(pages)
     assert [c["id"] for c in flatten(pages)] == shared_sandbox.scenario.customer_ids
 
 
-def test_metrics_paginate_and_respect_include_archived(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
-    pages = collect_pages(shared_api, "GET", "/v1/billable-metrics", params={"limit": 1, "include_archived": "true"})
+def test_metrics_paginate_and_respect_include_archived(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
+    pages = collect_pages(
+        shared_api, "GET", "/v1/billable-metrics", params={"limit": 1, "include_archived": "true"}
+    )
     _assert_one_empty_page(pages)
     assert {m["name"] for m in flatten(pages)} == set(shared_sandbox.scenario.metric_ids)
     active = flatten(collect_pages(shared_api, "GET", "/v1/billable-metrics"))
@@ -154,21 +242,36 @@ def test_metrics_paginate_and_respect_include_archived(shared_api: httpx.Client,
     assert all(m["archived_at"] is None for m in active)
 
 
-def test_invoices_paginate_through_an_empty_page(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
-    customer = shared_sandbox.scenario.role("void")  # voided, re-issued and previous month: 3 invoices
-    pages = collect_pages(shared_api, "GET", f"/v1/customers/{customer}/invoices", params={"limit": 1, "sort": "date_asc"})
+def test_invoices_paginate_through_an_empty_page(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
+    customer = shared_sandbox.scenario.role(
+        "void"
+    )  # voided, re-issued and previous month: 3 invoices
+    pages = collect_pages(
+        shared_api,
+        "GET",
+        f"/v1/customers/{customer}/invoices",
+        params={"limit": 1, "sort": "date_asc"},
+    )
     _assert_one_empty_page(pages)
-    assert sorted(i["id"] for i in flatten(pages)) == sorted(shared_sandbox.scenario.invoice_ids[customer])
+    assert sorted(i["id"] for i in flatten(pages)) == sorted(
+        shared_sandbox.scenario.invoice_ids[customer]
+    )
 
 
-def test_usage_paginates_with_cursor_in_query_and_body_resent(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
+def test_usage_paginates_with_cursor_in_query_and_body_resent(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
     body = usage_body()
     pages = collect_pages(shared_api, "POST", "/v1/usage", json=body)
     _assert_one_empty_page(pages)
     rows = flatten(pages)
     assert max(len(page) for page in pages) == 100
     assert len(rows) == 6 * 3 * 24  # customers x active metrics x hours
-    assert len({(r["customer_id"], r["billable_metric_id"], r["start_timestamp"]) for r in rows}) == len(rows)
+    assert len(
+        {(r["customer_id"], r["billable_metric_id"], r["start_timestamp"]) for r in rows}
+    ) == len(rows)
     posts = shared_sandbox.metronome_log.find("POST", "/v1/usage")
     assert [("next_page=" in p.query) for p in posts] == [False] + [True] * (len(pages) - 1)
     assert all(p.body == body for p in posts)
@@ -191,7 +294,9 @@ def test_single_page_listing_has_null_cursor(shared_api: httpx.Client) -> None:
 def test_customer_filters(api: httpx.Client, sandbox: Sandbox) -> None:
     ids = sandbox.scenario.customer_ids
     comma = api.get("/v1/customers", params={"customer_ids": f"{ids[0]},{ids[2]}"}).json()["data"]
-    repeated = api.get("/v1/customers", params=[("customer_ids", ids[0]), ("customer_ids", ids[2])]).json()["data"]
+    repeated = api.get(
+        "/v1/customers", params=[("customer_ids", ids[0]), ("customer_ids", ids[2])]
+    ).json()["data"]
     assert [c["id"] for c in comma] == [c["id"] for c in repeated] == [ids[0], ids[2]]
     sandbox.metronome.archive_customer(ids[1])
     active = flatten(collect_pages(api, "GET", "/v1/customers"))
@@ -203,134 +308,41 @@ def test_customer_filters(api: httpx.Client, sandbox: Sandbox) -> None:
 def test_customer_detail_shape(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
     customer_id = shared_sandbox.scenario.customer_ids[0]
     data = shared_api.get(f"/v1/customers/{customer_id}").json()["data"]
-    assert set(data) == {"id", "external_id", "ingest_aliases", "name", "customer_config", "custom_fields",
-                         "created_at", "updated_at", "archived_at"}
+    assert set(data) == {
+        "id",
+        "external_id",
+        "ingest_aliases",
+        "name",
+        "customer_config",
+        "custom_fields",
+        "created_at",
+        "updated_at",
+        "archived_at",
+    }
     assert data["id"] == customer_id and data["customer_config"] == {"salesforce_account_id": None}
     assert data["external_id"] == data["ingest_aliases"][0]
 
 
-def test_metric_detail_and_customer_metrics(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
+def test_metric_detail_and_customer_metrics(
+    shared_api: httpx.Client, shared_sandbox: Sandbox
+) -> None:
     legacy = shared_sandbox.scenario.metric_ids["legacy_jobs"]
     data = shared_api.get(f"/v1/billable-metrics/{legacy}").json()["data"]
     assert data["archived_at"] is not None and "unit_price_cents" not in data
-    assert set(data) == {"id", "name", "aggregation_type", "aggregation_key", "event_type_filter",
-                         "property_filters", "group_keys", "custom_fields", "archived_at"}
+    assert set(data) == {
+        "id",
+        "name",
+        "aggregation_type",
+        "aggregation_key",
+        "event_type_filter",
+        "property_filters",
+        "group_keys",
+        "custom_fields",
+        "archived_at",
+    }
     customer = shared_sandbox.scenario.customer_ids[0]
     metrics = shared_api.get(f"/v1/customers/{customer}/billable-metrics").json()["data"]
     by_name = {m["name"]: m for m in metrics}
     assert set(by_name) == {"cpu_hours", "api_calls", "peak_storage_gb"}
     assert by_name["peak_storage_gb"]["aggregate"] == "max"
     assert by_name["peak_storage_gb"]["aggregate_keys"] == ["storage_gb"]
-
-
-# -------------------------------------------------------------------------------------- usage
-@pytest.fixture
-def hand_built(empty_sandbox: Sandbox) -> dict[str, str]:
-    """One customer, a SUM and a MAX metric, explicit hours on 2026-11-25."""
-    state = empty_sandbox.metronome
-    customer = state.add_customer("Hand Built", ingest_aliases=["hb@example.com"])["id"]
-    total = state.add_billable_metric("total", aggregation_type="SUM", aggregation_key="n")["id"]
-    peak = state.add_billable_metric("peak", aggregation_type="MAX", aggregation_key="gb")["id"]
-    for hour, value in [(1, 3), (2, Decimal("4.5")), (5, None), (6, None)]:
-        state.set_usage(customer, total, DAY_START + hour * HOUR, value)
-    for hour, value in [(1, 7), (2, 9), (3, 2)]:
-        state.set_usage(customer, peak, DAY_START + hour * HOUR, value)
-    return {"customer": customer, "total": total, "peak": peak}
-
-
-def _values(client: httpx.Client, **body: Any) -> dict[str, Any]:
-    rows = flatten(collect_pages(client, "POST", "/v1/usage", json=usage_body(**body)))
-    return {r["start_timestamp"]: r["value"] for r in rows}
-
-
-def test_hourly_values_nulls_and_timestamp_format(empty_api: httpx.Client, hand_built: dict[str, str]) -> None:
-    values = _values(empty_api, customer_ids=[hand_built["customer"]], billable_metrics=[{"id": hand_built["total"]}],
-                     window_size="hour")
-    assert len(values) == 24
-    assert values["2026-11-25T01:00:00Z"] == 3 and values["2026-11-25T02:00:00Z"] == 4.5
-    assert values["2026-11-25T05:00:00Z"] is None  # explicit null
-    assert values["2026-11-25T04:00:00Z"] == 0  # no data: 0
-    assert values["2026-11-25T20:00:00Z"] == 0  # not closed yet (NOW is 13:30)
-
-
-def test_day_and_none_windows_aggregate_by_type(
-    empty_api: httpx.Client, empty_sandbox: Sandbox, hand_built: dict[str, str]
-) -> None:
-    common = {"customer_ids": [hand_built["customer"]], "starting_on": "2026-11-24T00:00:00+00:00"}
-    day_sum = _values(empty_api, billable_metrics=[{"id": hand_built["total"]}], window_size="Day", **common)
-    day_max = _values(empty_api, billable_metrics=[{"id": hand_built["peak"]}], window_size="DAY", **common)
-    assert day_sum == {"2026-11-24T00:00:00Z": 0, "2026-11-25T00:00:00Z": 7.5}
-    assert day_max == {"2026-11-24T00:00:00Z": 0, "2026-11-25T00:00:00Z": 9}
-    only_nulls = _values(empty_api, billable_metrics=[{"id": hand_built["total"]}], window_size="none",
-                         customer_ids=[hand_built["customer"]], starting_on="2026-11-25T05:00:00.000Z",
-                         ending_before="2026-11-25T07:00:00Z")
-    assert only_nulls == {"2026-11-25T05:00:00Z": None}
-
-
-def test_usage_becomes_visible_when_the_hour_closes_and_late_usage_overwrites(
-    empty_api: httpx.Client, empty_sandbox: Sandbox, hand_built: dict[str, str]
-) -> None:
-    state, open_hour = empty_sandbox.metronome, DAY_START + 13 * HOUR
-    state.set_usage(hand_built["customer"], hand_built["total"], open_hour, 11)
-    select = {"customer_ids": [hand_built["customer"]], "billable_metrics": [{"id": hand_built["total"]}]}
-    assert _values(empty_api, **select)["2026-11-25T13:00:00Z"] == 0
-    empty_sandbox.clock.advance(timedelta(minutes=30))  # 14:00: the 13:00 hour has closed
-    assert _values(empty_api, **select)["2026-11-25T13:00:00Z"] == 11
-    state.set_usage(hand_built["customer"], hand_built["total"], open_hour, 12)
-    assert _values(empty_api, **select)["2026-11-25T13:00:00Z"] == 12
-
-
-def test_scenario_usage_matches_state(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
-    customer = shared_sandbox.scenario.role("null_usage")
-    metric = shared_sandbox.scenario.metric_ids["cpu_hours"]
-    rows = flatten(collect_pages(shared_api, "POST", "/v1/usage", json=usage_body(
-        customer_ids=[customer], billable_metrics=[{"id": metric}], starting_on="2026-11-20T00:00:00Z")))
-    closed = [r for r in rows if r["end_timestamp"] <= "2026-11-25T13:00:00Z"]
-    assert len(closed) == 5 * 24 + 13
-    for row in closed:
-        hour = shared_sandbox.metronome.usage_value(customer, metric, _parse(row["start_timestamp"]))
-        assert row["value"] == (None if hour is None else float(hour))
-    assert any(r["value"] is None for r in closed) and any(r["value"] == 0 for r in closed)
-
-
-def _parse(text: str) -> Any:
-    from metronome_suger.sandbox.wire import parse_rfc3339
-
-    return parse_rfc3339(text)
-
-
-def test_usage_groups_minimal(shared_api: httpx.Client, shared_sandbox: Sandbox) -> None:
-    customer, metric = shared_sandbox.scenario.customer_ids[1], shared_sandbox.scenario.metric_ids["api_calls"]
-    body = {"customer_id": customer, "billable_metric_id": metric, "window_size": "DAY",
-            "starting_on": "2026-11-20T00:00:00Z", "ending_before": "2026-11-25T00:00:00Z"}
-    pages = collect_pages(shared_api, "POST", "/v1/usage/groups", params={"limit": 2}, json=body)
-    rows = flatten(pages)
-    assert [r["starting_on"] for r in rows] == [f"2026-11-{d}T00:00:00Z" for d in range(20, 25)]
-    expected = shared_sandbox.metronome.window_value(customer, metric, _parse("2026-11-21T00:00:00Z"), _parse("2026-11-22T00:00:00Z"))
-    assert rows[1]["value"] == int(expected or 0) and rows[1]["group_key"] is None
-
-
-# ------------------------------------------------------------------------------------- ingest
-def test_ingest_adds_events_dedups_and_resolves_aliases(
-    empty_api: httpx.Client, empty_sandbox: Sandbox, hand_built: dict[str, str]
-) -> None:
-    state = empty_sandbox.metronome
-    calls = state.add_billable_metric("calls", aggregation_type="COUNT", event_type="api_call")["id"]
-    events = [
-        {"transaction_id": "a", "customer_id": "hb@example.com", "event_type": "total",
-         "timestamp": "2026-11-25T10:15:00Z", "properties": {"n": "2.5"}},
-        {"transaction_id": "b", "customer_id": hand_built["customer"], "event_type": "total",
-         "timestamp": "2026-11-25T10:45:00.000Z", "properties": {"n": 1}},
-        {"transaction_id": "c", "customer_id": hand_built["customer"], "event_type": "api_call",
-         "timestamp": "2026-11-25T10:50:00+00:00"},
-        {"transaction_id": "d", "customer_id": "someone-else", "event_type": "api_call",
-         "timestamp": "2026-11-25T10:50:00Z"},
-    ]
-    assert empty_api.post("/v1/ingest", json=events).status_code == 200
-    assert empty_api.post("/v1/ingest", json=events[:1]).status_code == 200  # duplicate transaction_id
-    hour = DAY_START + 10 * HOUR
-    assert state.usage_value(hand_built["customer"], hand_built["total"], hour) == Decimal("3.5")
-    assert state.usage_value(hand_built["customer"], calls, hour) == 1
-    assert len(state.events()) == 4
-    values = _values(empty_api, customer_ids=[hand_built["customer"]], billable_metrics=[{"id": hand_built["total"]}])
-    assert values["2026-11-25T10:00:00Z"] == 3.5

@@ -1,0 +1,198 @@
+"""Invoice-amount accounting for the amount modes (``amount_hourly``, ``amount_daily``). Pure.
+
+Suger reports the *increase* of a customer's running invoice total, never a decrease: per history key
+it keeps the highest total ever observed (the high water) and reports only what a new observation
+adds above it. A credit that lowers the total therefore reports nothing until the total passes the
+old maximum again, and then only the excess.
+
+What a history key is depends on ``invoice_change_policy``:
+
+- ``invoice`` keys by Metronome invoice id, as Suger does: an invoice voided and re-issued under a new
+  id restarts at zero, so the re-issued invoice's whole total is reported again (a spike).
+- ``period`` (default) keys by customer, credit type and billing-period start: the re-issue of the same
+  period continues from what was already reported, so the same dollars are not reported twice.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from metronome_suger.core.windows import Window, iso
+
+USD_CREDIT_TYPE_ID = "2714e483-4ff1-48e4-9e25-ac732e8f24f2"  # Metronome's "USD (cents)"
+TRACKED_TYPE = "USAGE"
+ZERO = Decimal(0)
+
+Policy = Literal["period", "invoice"]
+SkipReason = Literal[
+    "void", "non_usd", "not_usage", "no_period", "not_started", "finalized_earlier", "finalized_unseen"
+]
+# Skipped invoices whose totals can no longer matter: not worth a snapshot row every window.
+STALE: frozenset[str] = frozenset({"finalized_earlier", "finalized_unseen"})
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    """The fields of a Metronome invoice the accounting needs (``total_cents``: credit-type units)."""
+
+    invoice_id: str
+    customer_id: str
+    invoice_type: str | None
+    status: str
+    credit_type_id: str
+    credit_type_name: str | None
+    period_start: datetime | None
+    period_end: datetime | None
+    total_cents: Decimal
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What earlier windows observed of one invoice: was it ever DRAFT, ever FINALIZED."""
+
+    draft: bool = False
+    finalized: bool = False
+
+
+def skip_reason(invoice: InvoiceView, window: Window, seen: Seen = Seen()) -> SkipReason | None:
+    """Why the invoice does not count for ``window``; ``None`` when it is tracked.
+
+    Tracked: non-VOID, USD, ``USAGE``, with a billing period that has begun by the window's end, and
+    either still DRAFT (open, or in its finalization grace after the period) or FINALIZED for the first
+    time after having been tracked as a DRAFT: that last observation catches growth during the grace,
+    after which the invoice can no longer change what is reported.
+    """
+    status = invoice.status.upper()
+    if status == "VOID":
+        return "void"
+    if invoice.credit_type_id != USD_CREDIT_TYPE_ID:
+        return "non_usd"
+    if (invoice.invoice_type or "").upper() != TRACKED_TYPE:
+        return "not_usage"
+    if invoice.period_start is None or invoice.period_end is None:
+        return "no_period"
+    if invoice.period_start >= window.end:
+        return "not_started"
+    if status == "FINALIZED":
+        if seen.finalized:
+            return "finalized_earlier"
+        if not seen.draft:  # never tracked: its total was never this pipeline's to report
+            return "finalized_unseen"
+    return None
+
+
+def history_key(invoice: InvoiceView, policy: Policy) -> str:
+    """The key whose high water the invoice's total is compared with."""
+    if policy == "invoice":
+        return f"invoice:{invoice.invoice_id}"
+    if invoice.period_start is None:
+        raise ValueError(f"invoice {invoice.invoice_id} has no billing period to key on")
+    return f"period:{invoice.customer_id}:{invoice.credit_type_id}:{iso(invoice.period_start)}"
+
+
+@dataclass(frozen=True)
+class KeyTotal:
+    """The running total observed for one history key in one window (sum of its tracked invoices)."""
+
+    history_key: str
+    customer_id: str
+    period_start: datetime | None
+    invoice_ids: tuple[str, ...]
+    observed_cents: Decimal
+
+
+@dataclass
+class Selection:
+    totals: list[KeyTotal] = field(default_factory=list)
+    tracked: list[InvoiceView] = field(default_factory=list)
+    skipped: list[tuple[InvoiceView, SkipReason]] = field(default_factory=list)
+
+    def non_usd(self) -> list[tuple[str, str]]:
+        """(customer, "credit type name (id)") of every skipped non-USD invoice, sorted, unique."""
+        return sorted({
+            (inv.customer_id, f"{inv.credit_type_name or '?'} ({inv.credit_type_id})")
+            for inv, reason in self.skipped if reason == "non_usd"
+        })
+
+    def kept(self) -> list[InvoiceView]:
+        """Invoices worth a snapshot row: tracked ones and those skipped for a reason worth showing."""
+        return self.tracked + [inv for inv, reason in self.skipped if reason not in STALE]
+
+
+def select(
+    invoices: Iterable[InvoiceView], window: Window, policy: Policy, seen: Mapping[str, Seen]
+) -> Selection:
+    """Split invoices into tracked and skipped, and total the tracked ones per history key."""
+    result = Selection()
+    grouped: dict[str, list[InvoiceView]] = {}
+    for invoice in invoices:
+        reason = skip_reason(invoice, window, seen.get(invoice.invoice_id, Seen()))
+        if reason is None:
+            result.tracked.append(invoice)
+            grouped.setdefault(history_key(invoice, policy), []).append(invoice)
+        else:
+            result.skipped.append((invoice, reason))
+    for key in sorted(grouped):
+        members = sorted(grouped[key], key=lambda inv: inv.invoice_id)
+        result.totals.append(KeyTotal(
+            key, members[0].customer_id, members[0].period_start,
+            tuple(inv.invoice_id for inv in members),
+            sum((inv.total_cents for inv in members), ZERO),
+        ))
+    return result
+
+
+@dataclass(frozen=True)
+class Step:
+    increase_cents: Decimal
+    high_water_cents: Decimal
+
+
+def high_water_step(high_water_cents: Decimal, observed_cents: Decimal) -> Step:
+    """Suger's rule: report only what passes the highest total ever observed (which starts at 0)."""
+    return Step(max(ZERO, observed_cents - high_water_cents), max(high_water_cents, observed_cents))
+
+
+def report_sequence(observed: Sequence[Decimal]) -> list[Decimal]:
+    """The increases reported for successive observations of one key (for tests and explanations)."""
+    high_water, increases = ZERO, []
+    for total in observed:
+        step = high_water_step(high_water, total)
+        high_water = step.high_water_cents
+        increases.append(step.increase_cents)
+    return increases
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """The ``invoice_high_water`` row of (key, window) after one more observation."""
+
+    observed_cents: Decimal
+    high_water_cents: Decimal
+    increase_cents: Decimal  # everything this window has reported for the key, cumulative
+
+
+def observe_in_window(
+    high_water_cents: Decimal, window_increase_cents: Decimal, observed_cents: Decimal
+) -> WindowRow:
+    """Apply one observation to a window that already attributed ``window_increase_cents``.
+
+    ``high_water_cents`` is the maximum over every window of the key, so observing the same total
+    again (a re-run) adds nothing; a new increase adds to what the window attributes, never subtracts.
+    """
+    step = high_water_step(high_water_cents, observed_cents)
+    return WindowRow(observed_cents, step.high_water_cents, window_increase_cents + step.increase_cents)
+
+
+def cents_to_dollars(cents: Decimal) -> Decimal:
+    """Exact: moves the decimal point, no division, no rounding."""
+    return cents.scaleb(-2)
+
+
+def dollars_text(dollars: Decimal) -> str:
+    """``$12.50`` style: whole cents with two places, finer amounts with every digit they carry."""
+    cents = dollars.quantize(Decimal("0.01"))
+    shown = cents if cents == dollars else dollars.normalize()
+    return f"${shown:,f}"

@@ -1,0 +1,140 @@
+"""DuckDB side of the amount modes: invoice snapshots, the per-key high water, the window's source.
+
+``invoice_snapshots`` keeps one row per invoice per window (a re-run replaces its window's rows).
+``invoice_high_water`` keeps one row per (history key, window): the total observed, the high water after
+it, and the cents that window attributes to the key. A window's attribution only ever grows, which is
+what lets ``suger_usage_records`` send just the positive difference on a re-run.
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+
+from metronome_suger.config import AMOUNT_SOURCE_KEY
+from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
+from metronome_suger.core.windows import Window
+from metronome_suger.linkage import USABLE_STATUSES
+from metronome_suger.storage.db import QTY, bulk_insert
+
+
+def linked_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Metronome customers with a usable entitlement in the latest ``entitlements`` snapshot.
+
+    Entitlement start and end times are not applied here: an increase outside them is still measured
+    (and named by ``customer_linkage``) rather than piling up into a spike when the link becomes usable.
+    """
+    rows = conn.execute(
+        """SELECT DISTINCT metronome_customer_id FROM entitlements
+        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+          AND list_contains(?::VARCHAR[], status)
+        ORDER BY 1""",
+        [list(USABLE_STATUSES)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def seen_before(conn: duckdb.DuckDBPyConnection, window: Window, invoice_ids: Iterable[str]) -> dict[str, Seen]:
+    """Per invoice: observed DRAFT / FINALIZED in any window before this one."""
+    rows = conn.execute(
+        """SELECT invoice_id, bool_or(upper(status) = 'DRAFT'), bool_or(upper(status) = 'FINALIZED')
+        FROM invoice_snapshots
+        WHERE window_start < ? AND invoice_id IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY invoice_id""",
+        [window.start, sorted(set(invoice_ids))],
+    ).fetchall()
+    return {invoice_id: Seen(bool(draft), bool(finalized)) for invoice_id, draft, finalized in rows}
+
+
+_SNAPSHOT_COLUMNS = {
+    "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR",
+    "invoice_id": "VARCHAR", "invoice_type": "VARCHAR", "status": "VARCHAR", "credit_type_id": "VARCHAR",
+    "credit_type_name": "VARCHAR", "period_start": "TIMESTAMPTZ", "period_end": "TIMESTAMPTZ",
+    "total_cents": QTY, "fetched_at": "TIMESTAMPTZ",
+}
+
+
+def replace_snapshots(
+    conn: duckdb.DuckDBPyConnection, window: Window, invoices: Sequence[InvoiceView], fetched_at: datetime
+) -> int:
+    """The window's snapshot rows become exactly ``invoices`` (history of other windows untouched)."""
+    conn.execute("DELETE FROM invoice_snapshots WHERE window_start = ?", [window.start])
+    unique = {inv.invoice_id: inv for inv in invoices}  # the primary key is per window and invoice
+    return bulk_insert(
+        conn,
+        "invoice_snapshots",
+        _SNAPSHOT_COLUMNS,
+        [(window.start, window.end, i.customer_id, i.invoice_id, i.invoice_type, i.status, i.credit_type_id,
+          i.credit_type_name, i.period_start, i.period_end, i.total_cents, fetched_at)
+         for i in unique.values()],
+    )
+
+
+def _prior(conn: duckdb.DuckDBPyConnection, window: Window, keys: list[str]) -> dict[str, tuple[Decimal, Decimal]]:
+    """key -> (high water over every window of the key, cents this window already attributes)."""
+    rows = conn.execute(
+        """SELECT history_key, max(high_water_cents),
+                  coalesce(max(increase_cents) FILTER (WHERE window_start = ?), 0)
+        FROM invoice_high_water WHERE history_key IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY history_key""",
+        [window.start, keys],
+    ).fetchall()
+    return {key: (high, done) for key, high, done in rows}
+
+
+_HIGH_WATER_COLUMNS = {
+    "history_key": "VARCHAR", "customer_id": "VARCHAR", "window_start": "TIMESTAMPTZ",
+    "invoice_id": "VARCHAR", "period_start": "TIMESTAMPTZ", "observed_cents": QTY,
+    "high_water_cents": QTY, "increase_cents": QTY,
+}
+
+
+def record_observations(
+    conn: duckdb.DuckDBPyConnection, window: Window, totals: Sequence[KeyTotal]
+) -> dict[str, tuple[KeyTotal, WindowRow]]:
+    """Apply the window's observations to the high water (pure rule per key, set-based reads/writes).
+
+    Returns key -> (observation, row written); a key's row of another window is never changed.
+    """
+    prior = _prior(conn, window, [t.history_key for t in totals])
+    written: dict[str, tuple[KeyTotal, WindowRow]] = {}
+    for total in totals:
+        high, done = prior.get(total.history_key, (Decimal(0), Decimal(0)))
+        written[total.history_key] = (total, observe_in_window(high, done, total.observed_cents))
+    conn.execute("CREATE OR REPLACE TEMP TABLE _high_water AS SELECT * FROM invoice_high_water LIMIT 0")
+    bulk_insert(
+        conn,
+        "_high_water",
+        _HIGH_WATER_COLUMNS,
+        [(t.history_key, t.customer_id, window.start, ",".join(t.invoice_ids), t.period_start,
+          row.observed_cents, row.high_water_cents, row.increase_cents) for t, row in written.values()],
+    )
+    conn.execute("INSERT OR REPLACE INTO invoice_high_water SELECT * FROM _high_water")
+    return written
+
+
+def load_source(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
+    """``_source``: per customer, the dollars the window attributes (Σ increase cents ÷ 100, exact).
+
+    Only reads. A negative amount cannot arise from the high-water rule; if one is found it is a
+    problem that forbids sending the window.
+    """
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _source AS
+        SELECT customer_id, CAST(? AS VARCHAR) AS source_key,
+               CAST(sum(increase_cents) * CAST(0.01 AS DECIMAL(3,2)) AS {QTY}) AS value
+        FROM invoice_high_water WHERE window_start = ?
+        GROUP BY customer_id""",
+        [AMOUNT_SOURCE_KEY, window.start],
+    )
+    negative = conn.execute(
+        """SELECT customer_id, history_key, increase_cents FROM invoice_high_water
+        WHERE window_start = ? AND increase_cents < 0 ORDER BY 1, 2""",
+        [window.start],
+    ).fetchall()
+    return [
+        f"negative invoice increase of {cents} cents for customer {customer} key '{AMOUNT_SOURCE_KEY}' "
+        f"({history_key}) in window {window}: the high-water table is inconsistent"
+        for customer, history_key, cents in negative
+    ]
