@@ -5,6 +5,8 @@ import dagster as dg
 from metronome_suger.config import AppConfig
 from metronome_suger.orchestration.automation import build_job, build_schedule
 from metronome_suger.orchestration.checks import build_checks
+from metronome_suger.orchestration.report_checks import build_report_checks
+from metronome_suger.orchestration.sensors import build_sensors
 from metronome_suger.orchestration.records import build_records_asset, load_usage_source
 from metronome_suger.orchestration.report import build_report_asset
 from metronome_suger.orchestration.resources import (
@@ -54,8 +56,9 @@ def build_definitions(config: AppConfig, *, resources: dict | None = None) -> dg
     job = build_job(config)
     return dg.Definitions(
         assets=assets,
-        asset_checks=build_checks(config, loader),
+        asset_checks=[*build_checks(config, loader), *build_report_checks(config)],
         jobs=[job],
         schedules=[build_schedule(config, job)],
+        sensors=build_sensors(config, job),
         resources={**build_resources(config), **(resources or {})},
     )
