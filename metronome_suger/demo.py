@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from metronome_suger.config import AppConfig, LoadedConfig
+from metronome_suger.core.amounts import cents_to_dollars, dollars_text
 from metronome_suger.core.windows import Window, last_closed_windows
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
@@ -66,8 +67,9 @@ def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstan
 
 def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
     headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "checks", "delay"]
+    if config.amount_mode:  # the dollars Metronome's invoice totals grew by, before conversion
+        headers.insert(2, "invoice increase")
     rows = []
-    money = "$" if config.amount_mode else ""
     with connect(config.duckdb_path, read_only=True) as conn:
         for s in summaries:
             w = s.window
@@ -89,15 +91,22 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 [w.start],
             ).fetchone()[0]
             quantity = ", ".join(f"{k}={v.normalize():f}" for k, v in dims) or "-"
-            rows.append([
+            row = [
                 w.partition_key,
                 str(customers),
                 str(groups),
-                quantity if not money else quantity + " (from $ increases)",
+                quantity,
                 ", ".join(f"{k}:{n}" for k, n in statuses) or "-",
                 " ".join(f"{name}:{verdict}" for name, verdict in sorted(s.checks.items())),
                 f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
-            ])
+            ]
+            if config.amount_mode:
+                cents = conn.execute(
+                    "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
+                    [w.start],
+                ).fetchone()[0]
+                row.insert(2, dollars_text(cents_to_dollars(cents)))
+            rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
@@ -129,6 +138,9 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
             defs = build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())})
             summaries.append(_run_window(defs, window, instance))
     print(_table(demo_config, summaries))
+    if demo_config.amount_mode:
+        print("(amount modes: the first window reports each open invoice's total so far, the pipeline had not "
+              "seen it before; later windows report only growth above the highest total seen)")
     for s in summaries:
         if not s.success:
             print(f"{s.window.partition_key}: {s.error}")

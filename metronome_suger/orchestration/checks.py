@@ -13,7 +13,7 @@ from metronome_suger.storage.gaps import mapping_gaps, unlinked_usage
 RECORDS = dg.AssetKey("suger_usage_records")
 
 
-def _bullets(items: list[str], limit: int = 50) -> str:
+def bullets(items: list[str], limit: int = 50) -> str:
     shown = [f"- {item}" for item in items[:limit]]
     if len(items) > limit:
         shown.append(f"- … and {len(items) - limit} more")
@@ -42,7 +42,7 @@ def build_checks(config: AppConfig, load_source: SourceLoader) -> list[dg.AssetC
                 if not gaps
                 else f"{len(gaps)} mapping gap(s), nothing sent for the window: " + "; ".join(gaps[:20])
             ),
-            metadata={"gaps": len(gaps), "details": dg.MetadataValue.md(_bullets(gaps) or "none")},
+            metadata={"gaps": len(gaps), "details": dg.MetadataValue.md(bullets(gaps) or "none")},
         )
 
     @dg.asset_check(asset=RECORDS, partitions_def=partitions, pool=POOL)
@@ -68,7 +68,7 @@ def build_checks(config: AppConfig, load_source: SourceLoader) -> list[dg.AssetC
             ),
             metadata={
                 "unlinked_customers": len(customers),
-                "details": dg.MetadataValue.md(_bullets(found) or "none"),
+                "details": dg.MetadataValue.md(bullets(found) or "none"),
             },
         )
 

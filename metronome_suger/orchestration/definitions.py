@@ -56,7 +56,7 @@ def build_definitions(config: AppConfig, *, resources: dict | None = None) -> dg
     job = build_job(config)
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*build_checks(config, loader), *build_report_checks(config)],
+        asset_checks=[*build_checks(config, loader), *build_report_checks(config, loader)],
         jobs=[job],
         schedules=[build_schedule(config, job)],
         sensors=build_sensors(config, job),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import uuid
 from abc import abstractmethod
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,13 +21,7 @@ from metronome_suger.sandbox.metronome_invoices import (
     price_invoice,
     render_invoice,
 )
-from metronome_suger.sandbox.wire import add_months, fmt, month_start, to_decimal
-
-
-def _utc(dt: datetime, what: str) -> datetime:
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware")
-    return dt.astimezone(timezone.utc)
+from metronome_suger.sandbox.wire import add_months, fmt, month_start, require_utc, to_decimal
 
 
 class InvoicesMixin:
@@ -62,7 +56,10 @@ class InvoicesMixin:
         created_at: datetime | None = None,
     ) -> dict[str, Any]:
         """Add an invoice priced from usage (until `set_invoice_total` gives it a timeline)."""
-        start, end = _utc(period_start, "period_start"), _utc(period_end, "period_end")
+        start, end = (
+            require_utc(period_start, "period_start"),
+            require_utc(period_end, "period_end"),
+        )
         if end <= start:
             raise ValueError("period_end must be after period_start")
         with self._lock:
@@ -71,7 +68,7 @@ class InvoicesMixin:
             invoice_id = id or self.new_id()
             if invoice_id in self._invoices:
                 raise ValueError(f"invoice {invoice_id} already exists")
-            created = _utc(created_at, "created_at") if created_at else start
+            created = require_utc(created_at, "created_at") if created_at else start
             record = InvoiceRecord(
                 invoice_id, customer_id, start, end, type, dict(credit_type), grace, created
             )
@@ -88,7 +85,7 @@ class InvoicesMixin:
     ) -> list[str]:
         """One USAGE invoice per calendar month from `first_period_start` on, each created when
         its month begins (also later, as the clock advances). Returns the ids existing now."""
-        first = month_start(_utc(first_period_start, "first_period_start"))
+        first = month_start(require_utc(first_period_start, "first_period_start"))
         with self._lock:
             if customer_id not in self._customers:
                 raise KeyError(f"unknown customer {customer_id}")
@@ -132,7 +129,9 @@ class InvoicesMixin:
             record = self._invoice(invoice_id)
             if record.timeline is None:
                 record.timeline = []
-            record.timeline.append((_utc(effective_at, "effective_at"), to_decimal(total_cents)))
+            record.timeline.append(
+                (require_utc(effective_at, "effective_at"), to_decimal(total_cents))
+            )
 
     def add_credit(
         self, customer_id: str, invoice_id: str, cents: Decimal | int, *, effective_at: datetime
@@ -144,7 +143,7 @@ class InvoicesMixin:
                 raise ValueError(f"invoice {invoice_id} does not belong to customer {customer_id}")
             credit_id = self.new_id()
             record.credits.append(
-                Credit(credit_id, to_decimal(cents), _utc(effective_at, "effective_at"))
+                Credit(credit_id, to_decimal(cents), require_utc(effective_at, "effective_at"))
             )
             return credit_id
 
@@ -152,7 +151,7 @@ class InvoicesMixin:
         self, invoice_id: str, *, at: datetime, reissue: bool = True
     ) -> dict[str, Any] | None:
         """From `at` on the invoice is VOID (total frozen); a re-issue continues the same period."""
-        void_at = _utc(at, "at")
+        void_at = require_utc(at, "at")
         with self._lock:
             record = self._invoice(invoice_id)
             if record.void_at is not None:
@@ -205,7 +204,7 @@ class InvoicesMixin:
         """Exact total (credit-type units) as it would be served at `as_of` (default: now)."""
         with self._lock:
             record = self._invoice(invoice_id)
-            when = _utc(as_of, "as_of") if as_of else self.clock.now()
+            when = require_utc(as_of, "as_of") if as_of else self.clock.now()
             return price_invoice(record, when, self._priced_metrics(), self._hour_value)[2]
 
     def breakdown_keys(

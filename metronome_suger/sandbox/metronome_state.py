@@ -13,7 +13,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ from metronome_suger.sandbox.wire import (
     floor_hour,
     fmt,
     parse_rfc3339,
+    require_utc,
     to_decimal,
 )
 
@@ -40,14 +41,8 @@ HourKey = tuple[str, str, datetime]
 _MISSING = object()
 
 
-def _utc(dt: datetime, what: str) -> datetime:
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware")
-    return dt.astimezone(timezone.utc)
-
-
 def _hour(dt: datetime, what: str) -> datetime:
-    dt = _utc(dt, what)
+    dt = require_utc(dt, what)
     if dt != floor_hour(dt):
         raise ValueError(f"{what} must be aligned to a UTC hour, got {dt.isoformat()}")
     return dt
@@ -104,7 +99,7 @@ class MetronomeState(InvoicesMixin):
             for other in self._customers.values():
                 if set(other["ingest_aliases"]) & set(aliases):
                     raise ValueError("ingest aliases must be unique across customers")
-            created = fmt(_utc(created_at, "created_at") if created_at else self.clock.now())
+            created = fmt(require_utc(created_at, "created_at") if created_at else self.clock.now())
             record = {
                 "id": customer_id,
                 "external_id": external_id or (aliases[0] if aliases else customer_id),

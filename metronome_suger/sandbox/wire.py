@@ -9,6 +9,13 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
+def require_utc(dt: datetime, what: str) -> datetime:
+    """`dt` in UTC; a naive datetime is a ValueError (ambiguous in a UTC-only world)."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return dt.astimezone(timezone.utc)
+
+
 def parse_rfc3339(value: str) -> datetime:
     """Parse `...Z`, `...+00:00` or `....000Z`; no offset is a ValueError."""
     if not isinstance(value, str) or len(value) < 20 or value[4] != "-" or value[10] not in "Tt":

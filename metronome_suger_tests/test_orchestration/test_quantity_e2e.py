@@ -70,7 +70,10 @@ def test_window_reports_exact_groups_per_partner_and_rerun_adds_nothing(sandbox:
     for ent, group in groups.items():
         assert group["metaInfo"]["timestamp"] == TS
         assert group["id"] == record_group_id(sandbox.org_id, ent, "quantity", START, 0)
-    assert checks(result) == {"mapping_completeness": True, "customer_linkage": False}
+    assert checks(result) == {
+        "mapping_completeness": True, "customer_linkage": False,
+        "usage_verification": True, "suger_record_status": True, "report_deadline": True,
+    }
     linkage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "customer_linkage")
     assert w.carol in linkage.metadata["details"].value and "'cpu_hours' = 7" in linkage.metadata["details"].value
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("sent", 3)]
@@ -220,11 +223,41 @@ def test_late_increase_sends_one_revision_and_decrease_sends_none(sandbox: Sandb
     assert alice[1]["metaInfo"]["timestamp"] == TS
 
     sandbox.metronome.set_usage(w.alice, w.cpu, START, 9)
-    assert pipeline.run(KEY, at=START.replace(hour=16)).success
+    result = pipeline.run(KEY, at=START.replace(hour=16))
+    assert result.success
     assert len(sent_groups(sandbox)) == 4
     assert pipeline.query("SELECT dimension_key, reported, current FROM over_reported") == [
         ("cpu_hour", Decimal(12), Decimal(9))
     ]
+    verification = next(e for e in result.get_asset_check_evaluations() if e.check_name == "usage_verification")
+    assert not verification.passed
+    assert "over-reported 3 cpu_hour ($0.36)" in verification.metadata["details"].value
+    assert verification.metadata["over_reported_dollars"].value == pytest.approx(0.36)
+
+
+def test_window_past_its_deadline_is_never_sent_and_the_loss_is_reported(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    w = build_world(sandbox)
+    result = pipeline.run(KEY, at=START.replace(hour=21))  # 8 h later: past AWS (6 h) and GCP (1 h)
+    assert result.success, failure_text(result)
+    assert sent_groups(sandbox) == []
+    assert sandbox.suger_log.find(method="POST") == []
+    assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("expired", 3)]
+    deadline = next(e for e in result.get_asset_check_evaluations() if e.check_name == "report_deadline")
+    assert not deadline.passed
+    # Alice 10×0.12 + 2.5×0.0005, Bob AWS 3×0.12 + 0.1×0.0005, Bob GCP 6×0.1 + 100×0.001
+    lost = Decimal("1.20125") + Decimal("0.36005") + Decimal("0.7")
+    assert deadline.metadata["lost_dollars"].value == pytest.approx(float(lost))
+    assert "3 group(s) expired unsent: $2.26 of revenue lost" in deadline.description
+    verification = next(e for e in result.get_asset_check_evaluations() if e.check_name == "usage_verification")
+    assert "under-reported 10 cpu_hour ($1.2)" in verification.metadata["details"].value
+
+
+def test_only_the_strict_marketplace_expires(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    w = build_world(sandbox)
+    result = pipeline.run(KEY, at=START.replace(hour=16))  # 3 h later: GCP expired, AWS still open
+    assert result.success, failure_text(result)
+    assert set(by_entitlement(sandbox)) == {w.alice_aws, w.bob_aws}
+    assert dict(pipeline.query("SELECT entitlement_id, status FROM report_ledger"))[w.bob_gcp] == "expired"
 
 
 @pytest.mark.parametrize("auto_report", [False])
