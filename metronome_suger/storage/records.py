@@ -194,19 +194,24 @@ def _store(conn: duckdb.DuckDBPyConnection, window: Window, result: RecordsResul
     result.lines = conn.execute(
         "SELECT count(*) FROM usage_records WHERE window_start = ? AND computed_at = ?", [window.start, now]
     ).fetchone()[0]
-    for g in result.groups:
-        conn.execute(
-            """INSERT INTO report_ledger (record_group_id, revision, window_start, window_end,
-                entitlement_id, customer_id, partner, timestamp, records, status, created_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)""",
-            [g.record_group_id, g.revision, window.start, window.end, g.entitlement_id,
-             g.customer_id, g.partner, window.report_timestamp,
-             json.dumps({k: str(v) for k, v in sorted(g.records.items())}), now, now],
-        )
-        conn.executemany(
-            "INSERT INTO report_lines VALUES (?, ?, ?)",
-            [(g.record_group_id, k, v) for k, v in g.records.items()],
-        )
+    bulk_insert(
+        conn,
+        "report_ledger",
+        {"record_group_id": "VARCHAR", "revision": "INTEGER", "window_start": "TIMESTAMPTZ",
+         "window_end": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "customer_id": "VARCHAR",
+         "partner": "VARCHAR", "timestamp": "TIMESTAMPTZ", "records": "JSON", "status": "VARCHAR",
+         "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ"},
+        [(g.record_group_id, g.revision, window.start, window.end, g.entitlement_id, g.customer_id,
+          g.partner, window.report_timestamp,
+          json.dumps({k: str(v) for k, v in sorted(g.records.items())}), "pending", now, now)
+         for g in result.groups],
+    )
+    bulk_insert(
+        conn,
+        "report_lines",
+        {"record_group_id": "VARCHAR", "dimension_key": "VARCHAR", "quantity": QTY},
+        [(g.record_group_id, k, v) for g in result.groups for k, v in g.records.items()],
+    )
     # What each pending group is worth at the entitlement's prices: the revenue at stake if it expires.
     conn.execute(
         f"""UPDATE report_ledger g SET dollars = coalesce((
