@@ -1,0 +1,115 @@
+"""Late usage: which already-run windows hold Metronome values that differ from Metronome's now.
+
+Set-based: the fresh ``POST /v1/usage`` rows go into a temp table in one insert and one query
+compares them with ``usage`` per window, so a sensor tick costs one round trip whatever the number of
+customers. Reads only (temp tables work on a read-only connection).
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+
+from metronome_suger.linkage import USABLE_STATUSES
+from metronome_suger.storage.db import QTY, bulk_insert
+
+
+@dataclass(frozen=True)
+class WindowChange:
+    """A window whose Metronome values moved since its run. ``digest`` names the new values and
+    the run that stored the old ones, so the same change is requested once, and a value that moves
+    back and forth across runs is never mistaken for a change already handled."""
+
+    window_start: datetime
+    rose: int
+    fell: int
+    digest: str
+
+
+def partners_in_use(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Marketplaces we report to: any in the ledger, or on a usable entitlement of the latest snapshot."""
+    rows = conn.execute(
+        """SELECT partner FROM report_ledger
+        UNION
+        SELECT partner FROM entitlements
+        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+          AND list_contains(?::VARCHAR[], status)
+        ORDER BY 1""",
+        [list(USABLE_STATUSES)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def run_windows(conn: duckdb.DuckDBPyConnection, since: datetime, until: datetime) -> list[datetime]:
+    """Starts of the windows with stored usage (i.e. already run) in [since, until)."""
+    rows = conn.execute(
+        "SELECT DISTINCT window_start FROM usage WHERE window_start >= ? AND window_start < ? ORDER BY 1",
+        [since, until],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def stored_metrics(conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime]) -> list[str]:
+    """The metrics whose usage those windows hold: the ones worth asking Metronome about again."""
+    rows = conn.execute(
+        "SELECT DISTINCT metric_id FROM usage WHERE list_contains(?::TIMESTAMPTZ[], window_start) ORDER BY 1",
+        [list(starts)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+_CHANGES_SQL = f"""
+WITH fresh AS (
+    SELECT window_start, customer_id, metric_id, coalesce(value, 0) AS value FROM _fresh
+    WHERE list_contains(?::TIMESTAMPTZ[], window_start) AND list_contains(?::VARCHAR[], metric_id)
+), stored AS (
+    SELECT window_start, customer_id, metric_id, value FROM usage
+    WHERE list_contains(?::TIMESTAMPTZ[], window_start) AND list_contains(?::VARCHAR[], metric_id)
+), diff AS (
+    SELECT coalesce(f.window_start, s.window_start) AS window_start,
+           coalesce(f.value, 0) AS fresh, coalesce(s.value, 0) AS stored
+    FROM fresh f FULL JOIN stored s
+      ON s.window_start = f.window_start AND s.customer_id = f.customer_id AND s.metric_id = f.metric_id
+), changes AS (
+    SELECT window_start, count(*) FILTER (WHERE fresh > stored) AS rose,
+           count(*) FILTER (WHERE fresh < stored) AS fell
+    FROM diff GROUP BY window_start
+), values_text AS (
+    SELECT window_start,
+           string_agg(customer_id || '|' || metric_id || '|' || CAST(CAST(value AS {QTY}) AS VARCHAR),
+                      ';' ORDER BY customer_id, metric_id) AS text
+    FROM fresh WHERE value <> 0 GROUP BY window_start
+), fetched AS (
+    SELECT window_start, max(fetched_at) AS fetched_at FROM usage
+    WHERE list_contains(?::TIMESTAMPTZ[], window_start) GROUP BY window_start
+)
+SELECT c.window_start, c.rose, c.fell,
+       md5(coalesce(v.text, '') || '@' || coalesce(CAST(f.fetched_at AS VARCHAR), '')) AS digest
+FROM changes c LEFT JOIN values_text v USING (window_start) LEFT JOIN fetched f USING (window_start)
+WHERE c.rose + c.fell > 0
+ORDER BY c.window_start
+"""
+
+
+def changed_windows(
+    conn: duckdb.DuckDBPyConnection,
+    starts: Sequence[datetime],
+    metrics: Sequence[str],
+    fresh: Iterable[tuple[datetime, str, str, Decimal | None]],
+) -> list[WindowChange]:
+    """Compare fresh (window start, customer, metric, value) rows with ``usage`` for these windows.
+
+    A null value counts as 0, as ``metronome_usage`` stores it; a row present on one side only
+    counts against 0 on the other. Only windows where some value rose or fell are returned.
+    """
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE _fresh (window_start TIMESTAMPTZ, customer_id VARCHAR, "
+        f"metric_id VARCHAR, value {QTY})"
+    )
+    bulk_insert(conn, "_fresh", {"window_start": "TIMESTAMPTZ", "customer_id": "VARCHAR",
+                                 "metric_id": "VARCHAR", "value": QTY}, fresh)
+    params = [list(starts), list(metrics), list(starts), list(metrics), list(starts)]
+    rows = conn.execute(_CHANGES_SQL, params).fetchall()
+    return [WindowChange(start, int(rose), int(fell), digest) for start, rose, fell, digest in rows]
