@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -62,6 +62,15 @@ _INVOICES = TypeAdapter(list[Invoice])
 _BREAKDOWNS = TypeAdapter(list[BreakdownInvoice])
 
 _WINDOW_SIZES = {"HOUR", "DAY", "NONE"}
+
+
+def _floor_day(value: datetime) -> datetime:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil_day(value: datetime) -> datetime:
+    floor = _floor_day(value)
+    return floor if floor == value else floor + timedelta(days=1)
 
 
 def _seg(value: str) -> str:
@@ -197,11 +206,16 @@ class MetronomeClient(JsonApiClient):
         window_size: str = "HOUR",
         customer_ids: Sequence[str] | None = None,
         billable_metric_ids: Sequence[str] | None = None,
+        day_aligned: bool = True,
     ) -> Iterator[UsageRow]:
         """Aggregated usage rows from ``POST /v1/usage`` (filters in the body, cursor in the query).
 
-        ``None`` filters mean "all"; an *empty* list means "none" and yields nothing without a call
-        (sending ``[]`` could be read by the server as "no filter").
+        Metronome documents this endpoint's bounds as "aligned to UTC midnight and at least one day
+        apart", so by default (``day_aligned``) the request is widened to whole UTC days and only
+        the rows whose window lies inside ``[starting_on, ending_before)`` are yielded; an hourly
+        window therefore works whether or not the server enforces that rule. ``day_aligned=False``
+        sends the bounds as given. ``None`` filters mean "all"; an *empty* list means "none" and
+        yields nothing without a call (sending ``[]`` could be read as "no filter").
         """
         start = require_aware(starting_on, "starting_on")
         end = require_aware(ending_before, "ending_before")
@@ -212,20 +226,32 @@ class MetronomeClient(JsonApiClient):
             raise ValueError(
                 f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}"
             )
+        query_start, query_end = (
+            (_floor_day(start), _ceil_day(end)) if day_aligned else (start, end)
+        )
+        widened = (query_start, query_end) != (start, end)
+        if widened and size == "NONE":
+            raise ValueError(
+                "window_size NONE aggregates the whole range, so its bounds must already be UTC "
+                "midnights when day_aligned is on"
+            )
         if (customer_ids is not None and not customer_ids) or (
             billable_metric_ids is not None and not billable_metric_ids
         ):
             return iter(())
         body: dict[str, Any] = {
-            "starting_on": format_rfc3339(start),
-            "ending_before": format_rfc3339(end),
+            "starting_on": format_rfc3339(query_start),
+            "ending_before": format_rfc3339(query_end),
             "window_size": size,
         }
         if customer_ids is not None:
             body["customer_ids"] = list(dict.fromkeys(customer_ids))
         if billable_metric_ids is not None:
             body["billable_metrics"] = [{"id": m} for m in dict.fromkeys(billable_metric_ids)]
-        return self._paginate("POST", "/v1/usage", _USAGE, body=body, send_limit=False)
+        rows = self._paginate("POST", "/v1/usage", _USAGE, body=body, send_limit=False)
+        if not widened:
+            return rows
+        return (r for r in rows if r.start_timestamp >= start and r.end_timestamp <= end)
 
     def list_usage(
         self,
@@ -235,6 +261,7 @@ class MetronomeClient(JsonApiClient):
         window_size: str = "HOUR",
         customer_ids: Sequence[str] | None = None,
         billable_metric_ids: Sequence[str] | None = None,
+        day_aligned: bool = True,
     ) -> list[UsageRow]:
         """:meth:`iter_usage`, collected."""
         return list(
@@ -244,6 +271,7 @@ class MetronomeClient(JsonApiClient):
                 window_size=window_size,
                 customer_ids=customer_ids,
                 billable_metric_ids=billable_metric_ids,
+                day_aligned=day_aligned,
             )
         )
 

@@ -21,7 +21,10 @@ def build_schedule(config: AppConfig, job: Any) -> dg.ScheduleDefinition:
     """Dagster's partitioned schedule targets the last *closed* window at each tick."""
     minute = config.settle_minutes % 60
     if config.hourly:
-        return dg.build_schedule_from_partitioned_job(job, minute_of_hour=minute)
+        return dg.build_schedule_from_partitioned_job(
+            job, minute_of_hour=minute, default_status=dg.DefaultScheduleStatus.RUNNING
+        )
     return dg.build_schedule_from_partitioned_job(
-        job, hour_of_day=config.settle_minutes // 60, minute_of_hour=minute
+        job, hour_of_day=config.settle_minutes // 60, minute_of_hour=minute,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
     )

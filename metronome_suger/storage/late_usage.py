@@ -113,3 +113,38 @@ def changed_windows(
     params = [list(starts), list(metrics), list(starts), list(metrics), list(starts)]
     rows = conn.execute(_CHANGES_SQL, params).fetchall()
     return [WindowChange(start, int(rose), int(fell), digest) for start, rose, fell, digest in rows]
+
+
+# -- amount modes ------------------------------------------------------------------------------------
+
+
+def amount_window_was_run(conn: duckdb.DuckDBPyConnection, window_start: datetime) -> bool:
+    """Whether ``metronome_invoice_snapshots`` already observed this window."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM invoice_snapshots WHERE window_start = ?)
+               OR EXISTS (SELECT 1 FROM invoice_high_water WHERE window_start = ?)""",
+        [window_start, window_start],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def high_waters(conn: duckdb.DuckDBPyConnection, history_keys: Sequence[str]) -> dict[str, Decimal]:
+    """The highest total already observed per history key, over every window (what a run compares with)."""
+    rows = conn.execute(
+        """SELECT history_key, max(high_water_cents) FROM invoice_high_water
+        WHERE list_contains(?::VARCHAR[], history_key) GROUP BY history_key""",
+        [list(history_keys)],
+    ).fetchall()
+    return {key: Decimal(high) for key, high in rows}
+
+
+def customer_partners(conn: duckdb.DuckDBPyConnection, customer_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The marketplaces each customer reports to (usable entitlements of the latest snapshot)."""
+    rows = conn.execute(
+        """SELECT metronome_customer_id, list(DISTINCT partner ORDER BY partner) FROM entitlements
+        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+          AND list_contains(?::VARCHAR[], status) AND list_contains(?::VARCHAR[], metronome_customer_id)
+        GROUP BY 1""",
+        [list(USABLE_STATUSES), list(customer_ids)],
+    ).fetchall()
+    return {customer: list(partners) for customer, partners in rows}

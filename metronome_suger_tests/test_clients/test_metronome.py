@@ -167,6 +167,7 @@ def test_usage_values_round_trip_as_exact_decimals(
         billable_metric_ids=[metric["id"]],
     )
     assert all(isinstance(r, UsageRow) for r in rows)
+    assert [r.start_timestamp for r in rows] == [start, start + HOUR, start + 2 * HOUR]
     by_hour = {r.start_timestamp: r for r in rows}
     assert by_hour[start].value == Decimal("0.1") and isinstance(by_hour[start].value, Decimal)
     assert by_hour[start + HOUR].value == Decimal("12345.678901")
@@ -174,13 +175,67 @@ def test_usage_values_round_trip_as_exact_decimals(
     assert by_hour[start].end_timestamp == start + HOUR
     assert by_hour[start].billable_metric_name == "precise_units"
     body = sandbox.metronome_log.find("POST", "/v1/usage")[-1].body
-    assert body == {
-        "starting_on": "2026-11-25T11:00:00Z",
-        "ending_before": "2026-11-25T14:00:00Z",
+    assert body == {  # widened to whole UTC days, as Metronome documents; rows filtered back
+        "starting_on": "2026-11-25T00:00:00Z",
+        "ending_before": "2026-11-26T00:00:00Z",
         "window_size": "HOUR",
         "customer_ids": [customer["id"]],
         "billable_metrics": [{"id": metric["id"]}],
     }
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_hourly_usage_works_whether_or_not_day_bounds_are_enforced(
+    sandbox: Any, metronome: MetronomeClient, sleeper: RecordingSleep, strict: bool
+) -> None:
+    sandbox.metronome.strict_usage_bounds = strict
+    customer = _add_customer(sandbox, "Aligned Ltd")
+    metric = _add_metric(sandbox, "aligned_units", aggregation_type="SUM", aggregation_key="n")
+    hour = NOW - 2 * HOUR
+    sandbox.metronome.set_usage(customer["id"], metric["id"], hour, Decimal("7.25"))
+    kwargs: dict[str, Any] = {
+        "starting_on": hour,
+        "ending_before": hour + HOUR,
+        "customer_ids": [customer["id"]],
+        "billable_metric_ids": [metric["id"]],
+    }
+    rows = metronome.list_usage(**kwargs)
+    assert [(r.start_timestamp, r.end_timestamp, r.value) for r in rows] == [
+        (hour, hour + HOUR, Decimal("7.25"))
+    ]
+    sandbox.metronome_log.clear()
+    if strict:
+        with pytest.raises(BadRequestError, match="midnight"):
+            metronome.list_usage(day_aligned=False, **kwargs)
+        assert len(sandbox.metronome_log.entries()) == 1 and sleeper.waits == []
+    else:
+        exact = metronome.list_usage(day_aligned=False, **kwargs)
+        assert exact == rows
+        assert sandbox.metronome_log.entries()[0].body["starting_on"] == "2026-11-25T12:00:00Z"
+
+
+def test_day_windows_and_none_window(sandbox: Any, metronome: MetronomeClient) -> None:
+    customer = _add_customer(sandbox, "Daily Co")
+    metric = _add_metric(sandbox, "daily_units", aggregation_type="SUM", aggregation_key="n")
+    day = datetime(2026, 11, 24, tzinfo=UTC)
+    sandbox.metronome.set_usage(customer["id"], metric["id"], day + 3 * HOUR, Decimal("1.5"))
+    sandbox.metronome.set_usage(customer["id"], metric["id"], day + 9 * HOUR, Decimal("2.25"))
+    filters: dict[str, Any] = {
+        "customer_ids": [customer["id"]],
+        "billable_metric_ids": [metric["id"]],
+    }
+    daily = metronome.list_usage(
+        starting_on=day, ending_before=day + 24 * HOUR, window_size="DAY", **filters
+    )
+    assert [(r.start_timestamp, r.value) for r in daily] == [(day, Decimal("3.75"))]
+    total = metronome.list_usage(
+        starting_on=day, ending_before=day + 24 * HOUR, window_size="NONE", **filters
+    )
+    assert [r.value for r in total] == [Decimal("3.75")]
+    with pytest.raises(ValueError, match="NONE"):
+        metronome.list_usage(
+            starting_on=day + HOUR, ending_before=day + 5 * HOUR, window_size="NONE"
+        )
 
 
 def test_usage_pagination_resends_the_body_and_puts_the_cursor_in_the_query(

@@ -148,21 +148,26 @@ def test_void_and_reissue(sandbox: Sandbox, pipeline: Pipeline, policy: str, thi
 
 
 def test_month_rollover_keeps_the_previous_draft_until_finalized(sandbox: Sandbox, pipeline: Pipeline) -> None:
-    """October's invoice stays DRAFT for 24 h after the month: its late growth is still reported, once
-    more when first seen FINALIZED, then it is dropped; November's invoice starts its own history.
+    """October's invoice stays DRAFT for 24 h after the month: late usage on it is still reported, once
+    more when it is first seen FINALIZED, and never after; November's invoice starts its own history.
     (October → November because Dagster only knows partitions up to the real present.)"""
     use_amount_mode(pipeline)
     pipeline.settings["start"] = "2026-10-01T00:00:00Z"
     alice = add_customer(sandbox, "Alice")
-    october = add_invoice(sandbox, alice, {
-        at(31, 23, 30, month=10): 50000, at(1, 0, 30): 50500, at(1, 1, 30): 50700, at(1, 23, 30): 51000,
-    }, start=OCT, end=NOV)
+    compute = sandbox.metronome.add_billable_metric("compute", unit_price_cents=100)["id"]  # $1 per unit
+    late = lambda hour, units: sandbox.metronome.set_usage(alice.id, compute, at(31, hour, month=10), units)  # noqa: E731
+    october = sandbox.metronome.add_invoice(alice.id, period_start=OCT, period_end=NOV)["id"]  # priced from usage
+    late(22, 500)
     add_invoice(sandbox, alice, {at(1, 0, 30): 1000, at(1, 1, 30): 2500})
-    run_ok(pipeline, "2026-10-31-23:00")  # November's invoice exists but its period has not begun
-    run_ok(pipeline, "2026-11-01-00:00")  # +$5 on October, +$10 on November
+    run_ok(pipeline, "2026-10-31-23:00")  # $500; November's invoice exists but its period has not begun
+    late(23, 5)
+    run_ok(pipeline, "2026-11-01-00:00")  # +$5 late on October (DRAFT in grace), +$10 on November
+    late(23, 7)
     run_ok(pipeline, "2026-11-01-01:00")  # +$2 on October, +$15 on November
-    finalized = run_ok(pipeline, "2026-11-02-00:00")  # October FINALIZED: one last look, +$3
-    after = run_ok(pipeline, "2026-11-02-01:00")  # October no longer read
+    late(21, 3)
+    finalized = run_ok(pipeline, "2026-11-02-00:00")  # October FINALIZED at 00:00: one last look, +$3
+    late(20, 10)  # the emulator lets a FINALIZED total move; the pipeline no longer looks
+    after = run_ok(pipeline, "2026-11-02-01:00")
     assert received(sandbox) == [
         (alice.entitlement, "2026-10-31T23:00:00Z", units("50000")),
         (alice.entitlement, "2026-11-01T00:00:00Z", units("1500")),
@@ -175,9 +180,10 @@ def test_month_rollover_keeps_the_previous_draft_until_finalized(sandbox: Sandbo
     assert histories == [(10, 1, Decimal(51000)), (11, 1, Decimal(2500))]
     assert "skipped:finalized_earlier" not in invoice_metadata(finalized)
     assert invoice_metadata(after)["skipped:finalized_earlier"] == 1
-    seen = pipeline.query("SELECT day(window_start), hour(window_start), status FROM invoice_snapshots "
+    seen = pipeline.query("SELECT day(window_start), hour(window_start), status, total_cents FROM invoice_snapshots "
                           "WHERE invoice_id = ? ORDER BY window_start", [october])
-    assert seen == [(31, 23, "DRAFT"), (1, 0, "DRAFT"), (1, 1, "DRAFT"), (2, 0, "FINALIZED")]
+    assert seen == [(31, 23, "DRAFT", 50000), (1, 0, "DRAFT", 50500), (1, 1, "DRAFT", 50700),
+                    (2, 0, "FINALIZED", 51000)]
 
 
 def test_two_customers_on_different_marketplaces(sandbox: Sandbox, pipeline: Pipeline) -> None:

@@ -1,0 +1,65 @@
+"""DuckDB access: the connection is closed (and the file lock released) even when the body raises."""
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from metronome_suger.orchestration.resources import SafeDuckDBResource
+from metronome_suger.storage.db import bulk_insert, connect
+
+
+def _other_process_can_write(path: Path) -> subprocess.CompletedProcess:
+    code = f"import duckdb; c = duckdb.connect({str(path)!r}); c.execute('CREATE TABLE IF NOT EXISTS t (x INT)'); c.close()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_resource_closes_the_connection_when_the_body_raises(tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    resource = SafeDuckDBResource(database=str(db))
+    held = None
+    with pytest.raises(RuntimeError, match="boom"):
+        with resource.get_connection() as conn:
+            held = conn
+            conn.execute("SELECT 1")
+            raise RuntimeError("boom")
+    with pytest.raises(duckdb.ConnectionException):
+        held.execute("SELECT 1")
+    proc = _other_process_can_write(db)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_held_lock_blocks_another_process(tmp_path: Path) -> None:
+    """The control for the test above: while we hold the file, another writer cannot open it."""
+    db = tmp_path / "x.duckdb"
+    with connect(db):
+        proc = _other_process_can_write(db)
+    assert proc.returncode != 0 and "lock" in proc.stderr.lower()
+
+
+def test_read_only_resource_cannot_write(tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    with connect(db):
+        pass  # creates the file and the schema
+    with SafeDuckDBResource(database=str(db), read_only=True).get_connection() as conn:
+        assert conn.execute("SELECT count(*) FROM report_ledger").fetchone() == (0,)
+        with pytest.raises(duckdb.Error):
+            conn.execute("DELETE FROM report_ledger")
+
+
+def test_bulk_insert_keeps_decimals_exact(tmp_path: Path) -> None:
+    values = [Decimal("0.1"), Decimal("12345678901234567.0123456789"), Decimal("-3.3333333333")]
+    with connect(tmp_path / "x.duckdb") as conn:
+        conn.execute("CREATE TABLE d (i INTEGER, v DECIMAL(38,10))")
+        assert bulk_insert(conn, "d", {"i": "INTEGER", "v": "DECIMAL(38,10)"}, enumerate(values)) == 3
+        assert [r[0] for r in conn.execute("SELECT v FROM d ORDER BY i").fetchall()] == values
+        assert conn.execute("SELECT sum(v) FROM d").fetchone()[0] == sum(values)
+
+
+def test_exact_division_macro(tmp_path: Path) -> None:
+    with connect(tmp_path / "x.duckdb") as conn:
+        row = conn.execute("SELECT exact_div(1.50, 0.03), exact_div(1, 3), exact_div(250.5, 0.01)").fetchone()
+    assert row == (Decimal("50"), Decimal("0.3333333333"), Decimal("25050"))
