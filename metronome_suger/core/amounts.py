@@ -50,7 +50,7 @@ class InvoiceView:
 
 @dataclass(frozen=True)
 class Seen:
-    """What earlier windows observed of one invoice: was it ever DRAFT, ever FINALIZED."""
+    """What earlier windows observed of one invoice: ever open (DRAFT), ever FINALIZED."""
 
     draft: bool = False
     finalized: bool = False
@@ -183,7 +183,7 @@ def observe_in_window(
     again (a re-run) adds nothing; a new increase adds to what the window attributes, never subtracts.
     """
     step = high_water_step(high_water_cents, observed_cents)
-    return WindowRow(observed_cents, step.high_water_cents, step.increase_cents)
+    return WindowRow(observed_cents, step.high_water_cents, window_increase_cents + step.increase_cents)
 
 
 def cents_to_dollars(cents: Decimal) -> Decimal:

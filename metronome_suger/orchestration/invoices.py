@@ -8,6 +8,7 @@ decides, ``storage/amounts.py`` reads and writes set-based). ``load_amount_sourc
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -59,20 +60,12 @@ def _apply_window(
         seen = seen_before(conn, window, (v.invoice_id for v in views))
         selection = select(views, window, config.invoice_change_policy, seen)
         replace_snapshots(conn, window, selection.kept(), fetched_at)
-        before = conn.execute(
-            "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
-            [window.start],
-        ).fetchone()[0]
-        record_observations(conn, window, selection.totals)
-        after = conn.execute(
-            "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
-            [window.start],
-        ).fetchone()[0]
+        added = record_observations(conn, window, selection.totals)
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
-    return selection, after - before
+    return selection, added
 
 
 def build_invoice_asset(config: AppConfig) -> dg.AssetsDefinition:
@@ -107,14 +100,16 @@ def build_invoice_asset(config: AppConfig) -> dg.AssetsDefinition:
                 new_cents += added
                 tracked |= {inv.invoice_id for inv in selection.tracked}
                 non_usd |= set(selection.non_usd())
-                for _, reason in selection.skipped:
-                    skipped[reason] = skipped.get(reason, 0) + 1
+                for _, why in selection.skipped:
+                    skipped[why] = skipped.get(why, 0) + 1
             start, end = windows[0].start, windows[-1].end
-            window_cents, paying = conn.execute(
+            summary = conn.execute(
                 """SELECT coalesce(sum(increase_cents), 0), count(DISTINCT customer_id) FILTER (WHERE increase_cents > 0)
                 FROM invoice_high_water WHERE window_start >= ? AND window_start < ?""",
                 [start, end],
             ).fetchone()
+            assert summary is not None  # an aggregate always returns one row
+            window_cents, paying = summary
             preview = table_markdown(
                 conn,
                 """SELECT window_start, customer_id, history_key, invoice_id,
@@ -133,7 +128,7 @@ def build_invoice_asset(config: AppConfig) -> dg.AssetsDefinition:
             f"{len(customers)} linked customers, {len(views)} invoices read, {len(tracked)} tracked; "
             f"{dollars_text(cents_to_dollars(new_cents))} newly observed above the high water"
         )
-        metadata: dict[str, object] = {
+        metadata: dict[str, Any] = {
             "dagster/row_count": len(views),
             "customers": len(customers),
             "customers_with_increase": int(paying),

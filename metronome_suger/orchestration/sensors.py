@@ -232,7 +232,8 @@ def decide(
     if suger_status is None:
         return None
     if suger_status == "REPORTED":
-        return Verdict(gid, "accepted", suger_status)
+        retried = f"reported by Suger after {group.retries} retr{'y' if group.retries == 1 else 'ies'}"
+        return Verdict(gid, "accepted", suger_status, retried if group.retries else None)
     if suger_status == "INVALID":
         return Verdict(gid, "rejected", suger_status, "Suger marked the group INVALID")
     if suger_status == "DELETED":

@@ -36,9 +36,11 @@ def linked_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def seen_before(conn: duckdb.DuckDBPyConnection, window: Window, invoice_ids: Iterable[str]) -> dict[str, Seen]:
-    """Per invoice: observed DRAFT / FINALIZED in any window before this one."""
+    """Per invoice: observed open (DRAFT, or any status Metronome may add) / FINALIZED in any window
+    before this one."""
     rows = conn.execute(
-        """SELECT invoice_id, bool_or(upper(status) = 'DRAFT'), bool_or(upper(status) = 'FINALIZED')
+        """SELECT invoice_id, bool_or(upper(status) NOT IN ('FINALIZED', 'VOID')),
+                  bool_or(upper(status) = 'FINALIZED')
         FROM invoice_snapshots
         WHERE window_start < ? AND invoice_id IN (SELECT unnest(?::VARCHAR[]))
         GROUP BY invoice_id""",
@@ -90,28 +92,30 @@ _HIGH_WATER_COLUMNS = {
 }
 
 
-def record_observations(
-    conn: duckdb.DuckDBPyConnection, window: Window, totals: Sequence[KeyTotal]
-) -> dict[str, tuple[KeyTotal, WindowRow]]:
+def record_observations(conn: duckdb.DuckDBPyConnection, window: Window, totals: Sequence[KeyTotal]) -> Decimal:
     """Apply the window's observations to the high water (pure rule per key, set-based reads/writes).
 
-    Returns key -> (observation, row written); a key's row of another window is never changed.
+    Only the (key, window) rows of this window are written. Returns the cents newly attributed to the
+    window: 0 when a re-run observes nothing above the high water.
     """
     prior = _prior(conn, window, [t.history_key for t in totals])
-    written: dict[str, tuple[KeyTotal, WindowRow]] = {}
+    written: list[tuple[KeyTotal, WindowRow]] = []
+    added = Decimal(0)
     for total in totals:
         high, done = prior.get(total.history_key, (Decimal(0), Decimal(0)))
-        written[total.history_key] = (total, observe_in_window(high, done, total.observed_cents))
+        row = observe_in_window(high, done, total.observed_cents)
+        written.append((total, row))
+        added += row.increase_cents - done
     conn.execute("CREATE OR REPLACE TEMP TABLE _high_water AS SELECT * FROM invoice_high_water LIMIT 0")
     bulk_insert(
         conn,
         "_high_water",
         _HIGH_WATER_COLUMNS,
         [(t.history_key, t.customer_id, window.start, ",".join(t.invoice_ids), t.period_start,
-          row.observed_cents, row.high_water_cents, row.increase_cents) for t, row in written.values()],
+          row.observed_cents, row.high_water_cents, row.increase_cents) for t, row in written],
     )
     conn.execute("INSERT OR REPLACE INTO invoice_high_water SELECT * FROM _high_water")
-    return written
+    return added
 
 
 def load_source(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:

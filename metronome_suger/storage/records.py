@@ -23,8 +23,11 @@ from metronome_suger.core.ids import record_group_id
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
 
-CLOSED = ("sent", "accepted", "expired")  # already handed over (or lost): never recomputed
-OPEN = ("pending", "rejected")  # not at Suger: recomputed under the same id
+# Closed groups are history: Suger holds them (even one it later marked INVALID or gave up forwarding,
+# which ``suger_record_status`` surfaces), or they expired. Open groups never reached Suger (pending, or
+# refused on submission) and are recomputed under the same id.
+CLOSED_SQL = "(status IN ('sent', 'accepted', 'expired') OR (status = 'rejected' AND suger_status IS NOT NULL))"
+OPEN_SQL = f"(NOT {CLOSED_SQL})"
 
 
 @dataclass
@@ -107,7 +110,7 @@ WITH target AS (
 ), reported AS (
     SELECT g.entitlement_id, l.dimension_key, sum(l.quantity) AS total
     FROM report_ledger g JOIN report_lines l USING (record_group_id)
-    WHERE g.window_start = ? AND g.status IN ('sent', 'accepted', 'expired')
+    WHERE g.window_start = ? AND {closed}
     GROUP BY ALL
 )
 SELECT coalesce(t.entitlement_id, r.entitlement_id) AS entitlement_id, t.partner, t.customer_id,
@@ -116,7 +119,7 @@ SELECT coalesce(t.entitlement_id, r.entitlement_id) AS entitlement_id, t.partner
 FROM target t FULL JOIN reported r
   ON r.entitlement_id = t.entitlement_id AND r.dimension_key = t.dimension_key
 ORDER BY 1, 4
-"""
+""".format(closed=CLOSED_SQL)  # only report_ledger has status columns
 
 
 def convert(
@@ -135,7 +138,7 @@ def convert(
     deltas = conn.execute(DELTA_SQL, [window.start]).fetchall()
     revisions = dict(
         conn.execute(
-            """SELECT entitlement_id, max(revision) FILTER (WHERE status IN ('sent','accepted','expired'))
+            f"""SELECT entitlement_id, max(revision) FILTER (WHERE {CLOSED_SQL})
             FROM report_ledger WHERE window_start = ? GROUP BY entitlement_id""",
             [window.start],
         ).fetchall()
@@ -165,7 +168,7 @@ def convert(
 def _store(conn: duckdb.DuckDBPyConnection, window: Window, result: RecordsResult, now: datetime) -> None:
     """Replace the window's open groups with the new plan; closed groups are history and stay."""
     open_ids = [r[0] for r in conn.execute(
-        "SELECT record_group_id FROM report_ledger WHERE window_start = ? AND status IN ('pending','rejected')",
+        f"SELECT record_group_id FROM report_ledger WHERE window_start = ? AND {OPEN_SQL}",
         [window.start],
     ).fetchall()]
     for table in ("report_lines", "report_ledger"):
