@@ -12,7 +12,7 @@ import dagster as dg
 
 from metronome_suger.config import AppConfig, LoadedConfig
 from metronome_suger.core.amounts import cents_to_dollars, dollars_text
-from metronome_suger.core.windows import Window, last_closed_windows
+from metronome_suger.core.windows import Window, grain, last_closed_windows
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.storage.db import connect
@@ -65,6 +65,17 @@ def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstan
     return WindowSummary(window, result.success, checks, error)
 
 
+def _poll_suger(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    sensor = defs.resolve_sensor_def("suger_status_sensor")
+    sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
+
+
+def _checks_text(checks: dict[str, str]) -> str:
+    """All green in a word; otherwise only the checks that did not pass."""
+    bad = [f"{name}:{verdict}" for name, verdict in sorted(checks.items()) if verdict != "ok"]
+    return " ".join(bad) if bad else f"all {len(checks)} ok"
+
+
 def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
     headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "checks", "delay"]
     if config.amount_mode:  # the dollars Metronome's invoice totals grew by, before conversion
@@ -97,7 +108,7 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 str(groups),
                 quantity,
                 ", ".join(f"{k}:{n}" for k, n in statuses) or "-",
-                " ".join(f"{name}:{verdict}" for name, verdict in sorted(s.checks.items())),
+                _checks_text(s.checks),
                 f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
             ]
             if config.amount_mode:
@@ -137,7 +148,12 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
             tick = window.end + timedelta(minutes=demo_config.settle_minutes)
             sandbox.clock.set(tick)
             defs = build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())})
+            _poll_suger(defs, instance)  # the status sensor's tick: Suger forwarded last hour's groups
             summaries.append(_run_window(defs, window, instance))
+        tick = chosen[-1].end + grain(hourly) + timedelta(minutes=demo_config.settle_minutes)
+        sandbox.clock.set(tick)
+        _poll_suger(build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())}),
+                    instance)
     print(_table(demo_config, summaries))
     if demo_config.amount_mode:
         print("(amount modes: the first window reports each open invoice's total so far, the pipeline had not "

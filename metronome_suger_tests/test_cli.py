@@ -117,5 +117,20 @@ def test_demo_prints_the_window_table(tmp_path: Path) -> None:
     rows = lines[header + 2: header + 4]
     assert len(rows) == 2
     for row in rows:
-        assert "sent:" in row and "mapping_completeness:ok" in row
+        # the status sensor's poll saw Suger forward every group; only the sandbox's unlinked customer warns
+        assert "accepted:" in row and "sent:" not in row
+        assert "customer_linkage:warn" in row
+        assert "FAIL" not in row
     assert (tmp_path / "data" / "demo" / "metronome_suger.duckdb").exists()
+
+
+@pytest.mark.parametrize("mode", ["amount_hourly", "amount_daily"])
+def test_demo_runs_in_the_amount_modes(tmp_path: Path, mode: str) -> None:
+    proc = run([str(BIN / "metronome-suger"), "demo", "--windows", "2", "--mode", mode], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert f"billing mode {mode}, 2 windows" in proc.stdout
+    header = next(i for i, line in enumerate(lines) if line.startswith("window (UTC)"))
+    assert "invoice increase" in lines[header]
+    rows = lines[header + 2: header + 4]
+    assert all("$" in row and "usage_fee=" in row and "FAIL" not in row for row in rows), rows
