@@ -105,6 +105,21 @@ class _Redactor:
         return "<redactor>"
 
 
+def auth_header(scheme: str, token: str | SecretStr, what: str) -> SecretStr:
+    """``<scheme> <token>`` kept secret; an empty token is refused here rather than sent as a 401."""
+    raw = _secret_value(token).strip()
+    if not raw:
+        raise ValueError(f"{what} is empty")
+    return SecretStr(f"{scheme} {raw}")
+
+
+def check_paging(page_limit: int, max_page_limit: int, max_workers: int) -> None:
+    if not 1 <= page_limit <= max_page_limit:
+        raise ValueError(f"page_limit must be between 1 and {max_page_limit}, got {page_limit}")
+    if max_workers < 1:
+        raise ValueError("max_workers must be >= 1")
+
+
 def _secret_value(value: str | SecretStr) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 

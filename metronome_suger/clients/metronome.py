@@ -21,6 +21,8 @@ from metronome_suger.clients.http import (
     DEFAULT_USER_AGENT,
     JsonApiClient,
     RetryPolicy,
+    auth_header,
+    check_paging,
     map_bounded,
 )
 from metronome_suger.clients.metronome_models import (
@@ -97,16 +99,10 @@ class MetronomeClient(JsonApiClient):
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not 1 <= page_limit <= MAX_PAGE_LIMIT:
-            raise ValueError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
-        if max_workers < 1:
-            raise ValueError("max_workers must be >= 1")
-        raw = token.get_secret_value() if isinstance(token, SecretStr) else str(token)
-        if not raw.strip():
-            raise ValueError("Metronome API token is empty")
+        check_paging(page_limit, MAX_PAGE_LIMIT, max_workers)
         super().__init__(
             base_url,
-            SecretStr(f"Bearer {raw.strip()}"),
+            auth_header("Bearer", token, "Metronome API token"),
             service="metronome",
             timeout=timeout,
             retry=retry,

@@ -27,6 +27,8 @@ from metronome_suger.clients.http import (
     ConflictError,
     JsonApiClient,
     RetryPolicy,
+    auth_header,
+    check_paging,
     map_bounded,
 )
 from metronome_suger.clients.suger_models import (
@@ -113,16 +115,10 @@ class SugerClient(JsonApiClient):
     ) -> None:
         if not org_id or not org_id.strip():
             raise ValueError("Suger org_id is empty")
-        if not 1 <= page_limit <= MAX_PAGE_LIMIT:
-            raise ValueError(f"page_limit must be between 1 and {MAX_PAGE_LIMIT}, got {page_limit}")
-        if max_workers < 1:
-            raise ValueError("max_workers must be >= 1")
-        raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else str(api_key)
-        if not raw.strip():
-            raise ValueError("Suger API key is empty")
+        check_paging(page_limit, MAX_PAGE_LIMIT, max_workers)
         super().__init__(
             base_url,
-            SecretStr(f"Key {raw.strip()}"),
+            auth_header("Key", api_key, "Suger API key"),
             service="suger",
             timeout=timeout,
             retry=retry,

@@ -1,7 +1,6 @@
 """``suger_usage_report``: send each pending group once; 409 is success; the ledger is written per answer."""
 
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import datetime, timezone
 
 import dagster as dg
 
