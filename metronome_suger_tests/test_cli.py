@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -134,3 +135,26 @@ def test_demo_runs_in_the_amount_modes(tmp_path: Path, mode: str) -> None:
     assert "invoice increase" in lines[header]
     rows = lines[header + 2: header + 4]
     assert all("$" in row and "usage_fee=" in row and "FAIL" not in row for row in rows), rows
+
+
+def test_sandbox_command_prints_urls_org_id_and_environment(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [str(BIN / "metronome-suger"), "sandbox", "--metronome-port", "0", "--suger-port", "0", "--customers", "2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # blocks until the sandbox has printed its banner
+            lines.append(line.rstrip())
+            if line.startswith("Press Ctrl-C"):
+                break
+        text = "\n".join(lines)
+        assert "org id: org-sandbox" in text
+        assert "export METRONOME_API_TOKEN=sandbox-metronome-token" in text
+        assert "export SUGER_API_KEY=sandbox-suger-key" in text
+        url = next(l.split()[-1] for l in lines if l.startswith("Metronome emulator:"))
+        answer = httpx.get(f"{url}/v1/customers", headers={"Authorization": "Bearer sandbox-metronome-token"})
+        assert answer.status_code == 200 and len(answer.json()["data"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

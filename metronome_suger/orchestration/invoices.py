@@ -35,7 +35,7 @@ from metronome_suger.storage.db import table_markdown
 PERIOD_LOOKBACK = timedelta(days=95)
 
 
-def _view(invoice: Invoice) -> InvoiceView:
+def invoice_view(invoice: Invoice) -> InvoiceView:
     return InvoiceView(
         invoice_id=invoice.id,
         customer_id=invoice.customer_id,
@@ -88,7 +88,7 @@ def build_invoice_asset(config: AppConfig) -> dg.AssetsDefinition:
             fetched = client.list_invoices_for_customers(
                 customers, starting_on=windows[0].start - PERIOD_LOOKBACK, sort="date_asc"
             )
-        views = [_view(inv) for invoices in fetched.values() for inv in invoices]
+        views = [invoice_view(inv) for invoices in fetched.values() for inv in invoices]
         fetched_at = clock.now()
         tracked: set[str] = set()
         non_usd: set[tuple[str, str]] = set()

@@ -24,7 +24,7 @@ from metronome_suger.config import AppConfig
 from metronome_suger.core.amounts import select
 from metronome_suger.core.deadlines import is_expired, send_order
 from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
-from metronome_suger.orchestration.invoices import PERIOD_LOOKBACK, _view
+from metronome_suger.orchestration.invoices import PERIOD_LOOKBACK, invoice_view
 from metronome_suger.orchestration.resources import (
     ClockResource,
     MetronomeResource,
@@ -151,7 +151,7 @@ def _amount_tick(
     chunk, after = _chunk(customers, str, _read_cursor(context.cursor), per_tick)
     with metronome.get_client() as client:
         fetched = client.list_invoices_for_customers(chunk, starting_on=window.start - PERIOD_LOOKBACK)
-    views = [_view(invoice) for invoices in fetched.values() for invoice in invoices]
+    views = [invoice_view(invoice) for invoices in fetched.values() for invoice in invoices]
     with connect(path, read_only=True, lock_timeout=lock_timeout) as conn:
         seen = seen_before(conn, window, [v.invoice_id for v in views])
         totals = select(views, window, config.invoice_change_policy, seen).totals

@@ -236,7 +236,7 @@ def test_late_increase_sends_one_revision_and_decrease_sends_none(sandbox: Sandb
 
 
 def test_window_past_its_deadline_is_never_sent_and_the_loss_is_reported(sandbox: Sandbox, pipeline: Pipeline) -> None:
-    w = build_world(sandbox)
+    build_world(sandbox)
     result = pipeline.run(KEY, at=START.replace(hour=21))  # 8 h later: past AWS (6 h) and GCP (1 h)
     assert result.success, failure_text(result)
     assert sent_groups(sandbox) == []
@@ -269,3 +269,15 @@ def test_auto_report_off_computes_but_never_sends(sandbox: Sandbox, pipeline: Pi
     assert sent_groups(sandbox) == []
     assert sandbox.suger_log.find(method="POST") == []
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("pending", 3)]
+
+
+def test_dry_run_validates_with_suger_and_sends_nothing(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    build_world(sandbox)
+    pipeline.settings["dry_run"] = True
+    result = pipeline.run(KEY)
+    assert result.success, failure_text(result)
+    assert sent_groups(sandbox) == []
+    posts = [e.path for e in sandbox.suger_log.find(method="POST")]
+    assert posts == [f"/org/{sandbox.org_id}/batchValidateUsageRecordGroups"]
+    assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("pending", 3)]
+
