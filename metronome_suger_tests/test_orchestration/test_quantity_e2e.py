@@ -281,3 +281,19 @@ def test_dry_run_validates_with_suger_and_sends_nothing(sandbox: Sandbox, pipeli
     assert posts == [f"/org/{sandbox.org_id}/batchValidateUsageRecordGroups"]
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("pending", 3)]
 
+
+
+def test_no_token_reaches_duckdb_metadata_or_logs(sandbox: Sandbox, pipeline: Pipeline, caplog) -> None:
+    w = build_world(sandbox)
+    sandbox.suger.reject_next(w.bob_aws, "refused")  # an error path too
+    sandbox.metronome_faults.inject("429", retry_after=0)
+    result = pipeline.run(KEY)
+    secrets = list(sandbox.env().values())
+    events = "\n".join(str(e) for e in result.all_events)
+    records = "\n".join(str(r.__dict__) for r in caplog.records)
+    with pipeline.db_path.open("rb") as db:
+        stored = db.read()
+    for secret in secrets:
+        assert secret not in events and secret not in records
+        assert secret.encode() not in stored
+    assert "refused" in failure_text(result)  # the events do carry the run's own story
