@@ -136,6 +136,16 @@ class AppConfig(_Strict):
         return value
 
     @model_validator(mode="after")
+    def _settle_within_window(self) -> "AppConfig":
+        """The schedule ticks once per window, so the settle time must fit inside one."""
+        if self.hourly and self.settle_minutes >= 60:
+            raise ValueError(
+                f"settle_minutes must be below 60 for billing_mode {self.billing_mode} "
+                f"(got {self.settle_minutes})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fill_deadlines(self) -> "AppConfig":
         merged = {**DEFAULT_DEADLINE_HOURS, **self.marketplace_deadline_hours}
         object.__setattr__(self, "marketplace_deadline_hours", merged)
@@ -232,8 +242,10 @@ def parse_config_data(data: Any, *, origin: str = "<config>") -> AppConfig:
 def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        if err["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in err["loc"])
+        if not key:  # a rule across keys: its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         elif err["type"] == "missing":
             problems.append(f"missing required key '{key}'")

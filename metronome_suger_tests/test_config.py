@@ -539,3 +539,10 @@ def test_cwd_directory_named_like_config_is_not_used(tmp_path: Path, monkeypatch
     (tmp_path / "metronome_suger.yaml").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_config().source == "bundled"
+
+
+def test_settle_minutes_must_fit_in_an_hourly_window() -> None:
+    base = {"suger": {"org_id": "x"}, "start": "2026-11-01T00:00:00Z", "settle_minutes": 75}
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: settle_minutes must be below 60 for billing_mode quantity"):
+        parse_config_data(base, origin="cfg.yaml")
+    assert parse_config_data({**base, "billing_mode": "amount_daily"}, origin="cfg.yaml").settle_minutes == 75

@@ -8,7 +8,7 @@ from metronome_suger.orchestration.partitions import context_windows, partitions
 from metronome_suger.orchestration.records import SourceLoader, latest_metrics
 from metronome_suger.orchestration.resources import SafeDuckDBResource
 from metronome_suger.orchestration.snapshots import POOL
-from metronome_suger.storage.gaps import mapping_gaps, unlinked_usage
+from metronome_suger.storage.gaps import mapping_gaps, multi_linked, unlinked_usage
 
 RECORDS = dg.AssetKey("suger_usage_records")
 
@@ -51,6 +51,7 @@ def build_checks(config: AppConfig, load_source: SourceLoader) -> list[dg.AssetC
     ) -> dg.AssetCheckResult:
         """Usage of customers with no Suger entitlement for the window is not silently dropped."""
         found: list[str] = []
+        doubled: list[str] = []
         customers: set[str] = set()
         with duckdb.get_connection() as conn:
             for window in context_windows(context, config.hourly):
@@ -58,17 +59,23 @@ def build_checks(config: AppConfig, load_source: SourceLoader) -> list[dg.AssetC
                 for customer, key, value in unlinked_usage(conn, window):
                     customers.add(customer)
                     found.append(f"{window.partition_key}: customer {customer} '{key}' = {value}")
+                if config.amount_mode:
+                    for customer, count, partners in multi_linked(conn):
+                        doubled.append(f"{window.partition_key}: customer {customer} is linked to {count} "
+                                       f"entitlements ({partners}): each is sent the same invoice dollars")
+        description = "every customer with usage is linked"
+        if found:
+            description = f"{len(customers)} customer(s) with usage but no link: not reported"
+        if doubled:
+            description += f"; {len(doubled)} customer-window(s) report one invoice to several entitlements"
         return dg.AssetCheckResult(
-            passed=not found,
+            passed=not (found or doubled),
             severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                "every customer with usage is linked"
-                if not found
-                else f"{len(customers)} customer(s) with usage but no link: not reported"
-            ),
+            description=description,
             metadata={
                 "unlinked_customers": len(customers),
-                "details": dg.MetadataValue.md(bullets(found) or "none"),
+                "multi_linked": len(doubled),
+                "details": dg.MetadataValue.md(bullets(found + doubled) or "none"),
             },
         )
 

@@ -59,3 +59,13 @@ def unlinked_usage(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tupl
         WHERE s.value <> 0 AND s.customer_id NOT IN (SELECT customer_id FROM _links)
         ORDER BY 1, 2"""
     ).fetchall()
+
+
+def multi_linked(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str]]:
+    """(customer, entitlements, partners) of ``_source`` customers linked to more than one entitlement:
+    in the amount modes each of them is sent the same invoice dollars. Call after ``unlinked_usage``."""
+    return conn.execute(
+        """SELECT l.customer_id, count(DISTINCT l.entitlement_id), string_agg(DISTINCT l.partner, ', ' ORDER BY l.partner)
+        FROM _links l WHERE l.customer_id IN (SELECT customer_id FROM _source WHERE value <> 0)
+        GROUP BY 1 HAVING count(DISTINCT l.entitlement_id) > 1 ORDER BY 1"""
+    ).fetchall()

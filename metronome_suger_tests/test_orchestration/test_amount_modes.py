@@ -206,6 +206,24 @@ def test_two_customers_on_different_marketplaces(sandbox: Sandbox, pipeline: Pip
     assert partners == [("AWS", "QUANTITY", Decimal("0.01")), ("AZURE", "AMOUNT", Decimal("0.25"))]
 
 
+def test_one_customer_on_two_marketplaces_is_flagged(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    """Both entitlements get their group (as in quantity mode), and customer_linkage warns that the
+    same invoice dollars went to each."""
+    use_amount_mode(pipeline)
+    carol = add_customer(sandbox, "Carol", "AWS")
+    buyer = sandbox.suger.add_buyer("Carol Azure", partner="AZURE", metronome_customer_id=carol.id)["id"]
+    azure = sandbox.suger.add_entitlement(buyer, partner="AZURE", dimensions=AZURE_DIMS)["id"]
+    add_invoice(sandbox, carol, {at(25, 10, 30): 1000})
+    result = run_ok(pipeline, "2026-11-25-10:00")
+    assert sorted(received(sandbox)) == sorted([
+        (carol.entitlement, "2026-11-25T10:00:00Z", units("1000")),
+        (azure, "2026-11-25T10:00:00Z", units("40")),
+    ])
+    linkage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "customer_linkage")
+    assert not linkage.passed and linkage.metadata["multi_linked"].value == 1
+    assert f"customer {carol.id} is linked to 2 entitlements (AWS, AZURE)" in linkage.metadata["details"].value
+
+
 def test_amount_daily_reports_each_days_increase_at_23h(sandbox: Sandbox, pipeline: Pipeline) -> None:
     use_amount_mode(pipeline, mode="amount_daily")
     alice = add_customer(sandbox, "Alice")
