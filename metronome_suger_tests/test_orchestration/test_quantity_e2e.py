@@ -4,9 +4,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import dagster as dg
 import pytest
 
 from metronome_suger.core.ids import record_group_id
+from metronome_suger.orchestration.definitions import build_definitions
+from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.sandbox.server import Sandbox
 from metronome_suger_tests.conftest import AWS_DIMS, GCP_DIMS, Pipeline, failure_text, sent_groups
 
@@ -297,3 +300,15 @@ def test_no_token_reaches_duckdb_metadata_or_logs(sandbox: Sandbox, pipeline: Pi
         assert secret not in events and secret not in records
         assert secret.encode() not in stored
     assert "refused" in failure_text(result)  # the events do carry the run's own story
+
+
+def test_dg_materialize_of_the_definitions_reports_the_window(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    """The same window through ``dg.materialize`` (what a notebook or a test harness would call)."""
+    w = build_world(sandbox)
+    at = START.replace(hour=14, minute=5)
+    defs = build_definitions(pipeline.config(), resources={"clock": ClockResource(frozen_at=at.isoformat())})
+    result = dg.materialize([*defs.assets, *defs.asset_checks], partition_key=KEY, resources=defs.resources,
+                            instance=pipeline.instance)
+    assert result.success
+    assert set(by_entitlement(sandbox)) == {w.alice_aws, w.bob_aws, w.bob_gcp}
+    assert {e.check_name for e in result.get_asset_check_evaluations()} >= {"mapping_completeness", "report_deadline"}
