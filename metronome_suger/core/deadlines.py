@@ -6,21 +6,22 @@ hourly group at the very moment its window closes, before it can be read.
 """
 
 from collections.abc import Mapping
+from typing import Any
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 URGENT = timedelta(hours=1)  # a group this close to its deadline is sent before the others
 
 
-def deadline(timestamp: datetime, partner: str, hours: Mapping[str, Decimal]) -> datetime:
+def deadline(timestamp: datetime, partner: str, hours: Mapping[Any, Decimal]) -> datetime:
     return timestamp + timedelta(hours=1) + timedelta(hours=float(hours[partner]))
 
 
-def is_expired(now: datetime, timestamp: datetime, partner: str, hours: Mapping[str, Decimal]) -> bool:
+def is_expired(now: datetime, timestamp: datetime, partner: str, hours: Mapping[Any, Decimal]) -> bool:
     return now >= deadline(timestamp, partner, hours)
 
 
-def send_order(now: datetime, timestamp: datetime, partner: str, hours: Mapping[str, Decimal]) -> tuple[int, datetime]:
+def send_order(now: datetime, timestamp: datetime, partner: str, hours: Mapping[Any, Decimal]) -> tuple[int, datetime]:
     """Sort key: urgent groups first, then by deadline."""
     due = deadline(timestamp, partner, hours)
     return (0 if due - now <= URGENT else 1, due)

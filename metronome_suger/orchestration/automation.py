@@ -17,7 +17,7 @@ def build_job(config: AppConfig) -> Any:  # dagster does not export the unresolv
     )
 
 
-def build_schedule(config: AppConfig, job: Any) -> dg.ScheduleDefinition:
+def build_schedule(config: AppConfig, job: Any) -> Any:  # an unresolved partitioned schedule
     """Dagster's partitioned schedule targets the last *closed* window at each tick."""
     minute = config.settle_minutes % 60
     if config.hourly:

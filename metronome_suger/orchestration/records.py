@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from typing import Any
+
 import dagster as dg
 import duckdb
 
@@ -96,7 +98,7 @@ def build_records_asset(config: AppConfig, source_asset: str, load_source: Sourc
                 description="nothing is sent for these windows: " + "; ".join(problems),
                 metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems))},
             )
-        metadata: dict[str, object] = {
+        metadata: dict[str, Any] = {
             "dagster/row_count": lines,
             "record_groups": groups,
             "over_reported_dimensions": over,

@@ -2,6 +2,8 @@
 
 from datetime import datetime, timedelta, timezone
 
+from typing import Any
+
 import dagster as dg
 
 from metronome_suger.config import AppConfig
@@ -75,7 +77,7 @@ def build_usage_asset(config: AppConfig) -> dg.AssetsDefinition:
                 "usage returned for metrics absent from the billable metric list (not reported): "
                 + ", ".join(unknown)
             )
-        metadata: dict[str, object] = {
+        metadata: dict[str, Any] = {
             "dagster/row_count": len(rows),
             "window": f"{iso(start)}..{iso(end)}",
             "null_values": sum(1 for r in rows if r.value is None),
