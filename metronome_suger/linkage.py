@@ -23,7 +23,12 @@ class Link:
 
 def resolve_links(client: SugerClient, config: AppConfig) -> list[Link]:
     buyers = [b for b in client.list_buyers() if b.info and b.info.metronomeCustomerId]
-    by_buyer = client.list_entitlements_for_buyers([b.id for b in buyers])
+    # One paged listing of the org's entitlements (1,000 a page) instead of one call per buyer.
+    everything = {e.id: e for e in client.list_entitlements()}
+    by_buyer: dict[str, list[Entitlement]] = {}
+    for ent in everything.values():
+        if ent.buyerID:
+            by_buyer.setdefault(ent.buyerID, []).append(ent)
     links = [
         Link(buyer.info.metronomeCustomerId, buyer.id, ent, "buyer")  # type: ignore[union-attr,arg-type]
         for buyer in buyers
@@ -33,7 +38,6 @@ def resolve_links(client: SugerClient, config: AppConfig) -> list[Link]:
         return links
     overridden = {link.metronome_customer_id for link in config.customer_links}
     links = [link for link in links if link.metronome_customer_id not in overridden]
-    everything = {e.id: e for e in client.list_entitlements()}
     missing = sorted(l.entitlement_id for l in config.customer_links if l.entitlement_id not in everything)
     if missing:
         raise ConfigError(f"customer_links name entitlements Suger does not have: {', '.join(missing)}")

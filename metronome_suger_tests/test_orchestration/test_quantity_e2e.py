@@ -85,6 +85,9 @@ def test_window_reports_exact_groups_per_partner_and_rerun_adds_nothing(sandbox:
         (Decimal("1.20125"),)
     ]
 
+    # linkage costs one buyer listing and one entitlement listing, not a call per buyer
+    listings = [e for e in sandbox.suger_log.find(method="GET") if "/entitlement" in e.path or "/buyer" in e.path]
+    assert sorted(e.path.rsplit("/", 1)[1] for e in listings) == ["buyer", "entitlement"]
     posts_before = len(sandbox.suger_log.find(method="POST"))
     again = pipeline.run(KEY)
     assert again.success, failure_text(again)
