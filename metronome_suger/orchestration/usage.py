@@ -1,13 +1,13 @@
 """``metronome_usage``: hourly usage per customer × reportable metric, from one paginated ``POST /v1/usage``."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from typing import Any
 
 import dagster as dg
 
 from metronome_suger.config import AppConfig
-from metronome_suger.core.windows import DAY, floor, iso
+from metronome_suger.core.windows import iso
 from metronome_suger.orchestration.partitions import context_windows, partitions_for
 from metronome_suger.orchestration.resources import MetronomeResource, SafeDuckDBResource
 from metronome_suger.orchestration.snapshots import GROUP, POOL
@@ -36,16 +36,11 @@ def build_usage_asset(config: AppConfig) -> dg.AssetsDefinition:
         if not known:
             raise dg.Failure(description="no reportable billable metric: materialize metronome_billable_metrics first, "
                                          "or check billable_metric_whitelist")
-        # Metronome wants /v1/usage bounds on UTC midnights: ask for whole days, keep our hours.
-        day_start, day_end = floor(start, False), floor(end - timedelta(microseconds=1), False) + DAY
+        # The client asks for whole UTC days (Metronome's rule for these bounds) and keeps our hours.
         with metronome.get_client() as client:
-            rows = [
-                r for r in client.iter_usage(
-                    starting_on=day_start, ending_before=day_end, window_size="HOUR",
-                    billable_metric_ids=sorted(known),
-                )
-                if start <= r.start_timestamp < end
-            ]
+            rows = client.list_usage(
+                starting_on=start, ending_before=end, window_size="HOUR", billable_metric_ids=sorted(known)
+            )
         fetched = datetime.now(timezone.utc)
         unknown = sorted({f"{r.billable_metric_name} ({r.billable_metric_id})" for r in rows
                           if r.billable_metric_id not in known})
