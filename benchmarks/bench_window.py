@@ -20,12 +20,6 @@ time is the sandbox, not the plugin), rows in ``usage`` / ``usage_records`` / ``
 peak traced Python memory (all threads, emulators included) and peak RSS (``VmHWM``, reset before
 each run where Linux allows; else ``ru_maxrss``, the process-lifetime peak, marked ``*``).
 
-By default the Metronome emulator's ``POST /v1/usage`` is served by ``paged_usage`` below: the same
-validation, rows, order and cursors (checked byte for byte against the bundled handler), but a page
-costs O(page size). The bundled handler rebuilds the full customer x metric x hour key list and
-deep-copies every customer on every page, which makes one window quadratic in customers (~36 s of
-emulator time per run at 500 customers, minutes at 1000); ``--bundled-usage-route`` uses it.
-
     .venv/bin/python benchmarks/bench_window.py                     # 1000 customers, 3 metrics
     .venv/bin/python benchmarks/bench_window.py --mode amount_hourly
     .venv/bin/python benchmarks/bench_window.py --customers 5000 --repeat 3 --no-tracemalloc -v
@@ -48,8 +42,6 @@ import time
 import tracemalloc
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -181,84 +173,6 @@ def build_config(sandbox: Sandbox, db_path: Path, metrics: int, mode: str) -> Ap
         for partner in PARTNERS:
             data["dimension_conversion"][partner][name] = rule
     return parse_config_data(data, origin="benchmark config")
-
-
-# ------------------------------------------------- stand-in for the emulator's POST /v1/usage
-class _UsageKeys(Sequence):  # type: ignore[type-arg]
-    """The (customer, metric, group_by, window) keys the bundled handler lists, in the same order,
-    computed per index instead of materialized: a page costs O(page), not O(customers x metrics x
-    windows)."""
-
-    def __init__(self, customers: list[str], metrics: list[tuple[dict[str, Any], Any]],
-                 windows: list[tuple[datetime, datetime]]) -> None:
-        self.customers, self.metrics, self.windows = customers, metrics, windows
-        self.per_customer = len(metrics) * len(windows)
-
-    def __len__(self) -> int:
-        return len(self.customers) * self.per_customer
-
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        customer, rest = divmod(index, self.per_customer)
-        metric, window = divmod(rest, len(self.windows))
-        return (self.customers[customer], *self.metrics[metric], self.windows[window])
-
-
-async def paged_usage(request):  # type: ignore[no-untyped-def]
-    """``metronome_usage_routes.usage`` with the same validation, rows, order and cursors; only the
-    key list is indexed rather than rebuilt (and customers not deep-copied) on every page."""
-    from starlette.responses import JSONResponse
-
-    from metronome_suger.sandbox import metronome_usage_routes as routes
-    from metronome_suger.sandbox.metronome_http import json_body, json_object, page_of, state_of
-    from metronome_suger.sandbox.metronome_http import window_size as parse_window_size
-    from metronome_suger.sandbox.wire import fmt, json_number
-
-    state = state_of(request)
-    body = json_object(await json_body(request))
-    if body.get("window_size") is None:
-        raise routes.bad_request("window_size is required")
-    size = parse_window_size(body["window_size"], ("HOUR", "DAY", "NONE"))
-    start, end = routes._range(state, body, size)
-    metrics = routes._selected_metrics(state, body)
-    if body.get("customer_ids") is None:
-        with state._lock:  # what state.customers() lists, in the same order, without deep copies
-            customers = list(state._customers)
-    else:
-        customers = routes._selected_customers(state, body)
-    keys = _UsageKeys(customers, metrics, routes._windows(start, end, size))
-    page, cursor = page_of(
-        request, keys, kind="usage", limit=routes.USAGE_PAGE_SIZE  # type: ignore[arg-type]
-    )
-    rows = []
-    for customer_id, metric, group_by, (ws, we) in page:
-        row: dict[str, Any] = {
-            "customer_id": customer_id,
-            "billable_metric_id": metric["id"],
-            "billable_metric_name": metric["name"],
-            "start_timestamp": fmt(ws),
-            "end_timestamp": fmt(we),
-            "value": json_number(state.window_value(customer_id, metric["id"], ws, we)),
-        }
-        if group_by is not None:
-            row["groups"] = {value: None for value in group_by.get("values") or []}
-        rows.append(row)
-    return JSONResponse({"data": rows, "next_page": cursor})
-
-
-@contextmanager
-def usage_route(bundled: bool) -> Iterator[None]:
-    """Sandboxes created inside use ``paged_usage`` for POST /v1/usage unless ``bundled``."""
-    from metronome_suger.sandbox import metronome_app
-
-    original = metronome_app.usage
-    if not bundled:
-        metronome_app.usage = paged_usage
-    try:
-        yield
-    finally:
-        metronome_app.usage = original
 
 
 # --------------------------------------------------------------------------------- measurement
@@ -431,8 +345,7 @@ def one_pass(args: argparse.Namespace, name: str, *, trace: bool) -> list[RunRes
     at = WINDOW_END + timedelta(minutes=20)  # window end + settle_minutes (15) + a little
     with tempfile.TemporaryDirectory(prefix="metronome_suger_bench_") as tmp:
         started = time.perf_counter()
-        with usage_route(args.bundled_usage_route):
-            sandbox = Sandbox(customers=0, now=NOW)
+        sandbox = Sandbox(customers=0, now=NOW)
         sandbox.metronome.strict_usage_bounds = True
         populate(sandbox, args.customers, args.metrics, args.mode)
         setup_s = time.perf_counter() - started
@@ -468,13 +381,11 @@ def report(
     args: argparse.Namespace, runs: list[list[RunResult]], traced: list[RunResult] | None
 ) -> None:
     every = [*runs, *([traced] if traced else [])]
-    route = ("the bundled handler" if args.bundled_usage_route
-             else "paged_usage (see --bundled-usage-route)")
     print()
     print(f"metronome-suger window benchmark: {args.customers} customers, {args.metrics} metrics, "
           f"mode {args.mode}, {args.repeat} repeat(s), partition {PARTITION}")
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, dagster {dg.__version__}, "
-          f"duckdb {duckdb.__version__}, POST /v1/usage served by {route}")
+          f"duckdb {duckdb.__version__}")
     print("timed passes run without tracemalloc; 'traced' is one more pass under tracemalloc, for "
           "memory only (its times are inflated)" if traced else "tracemalloc off: no traced pass")
     print()
@@ -548,9 +459,6 @@ def main(argv: list[str] | None = None) -> int:
                              "instance; the run, then its re-run)")
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false",
                         help="skip the extra pass under tracemalloc (peak Python memory)")
-    parser.add_argument("--bundled-usage-route", action="store_true",
-                        help="serve POST /v1/usage with the emulator's own handler, which "
-                             "rebuilds every key on every page (quadratic in customers)")
     parser.add_argument("-v", "--verbose", action="store_true", help="requests per route")
     args = parser.parse_args(argv)
     if args.customers < 1 or args.metrics < 1 or args.repeat < 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -121,7 +122,7 @@ def state_of(request: Request) -> MetronomeState:
 
 
 def page_of(
-    request: Request, items: list[T], *, kind: str, limit: int
+    request: Request, items: Sequence[T], *, kind: str, limit: int
 ) -> tuple[list[T], str | None]:
     """The page named by the `next_page` query parameter (400 for a cursor we did not issue)."""
     faults: Faults | None = request.app.state.faults

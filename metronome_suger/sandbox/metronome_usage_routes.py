@@ -6,6 +6,7 @@ sends them; `/v1/usage` has a fixed page size (it has no `limit`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,13 +110,35 @@ def _selected_metrics(
 def _selected_customers(state: MetronomeState, body: dict[str, Any]) -> list[str]:
     raw = body.get("customer_ids")
     if raw is None:
-        return [c["id"] for c in state.customers()]
+        return state.customer_ids()
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
         raise bad_request("customer_ids must be a list of strings")
     for customer_id in raw:
         if state.get_customer(customer_id) is None:
             raise not_found(f"Customer {customer_id} not found")
     return list(dict.fromkeys(raw))
+
+
+class _UsageKeys(Sequence[tuple[str, dict[str, Any], Any, Window]]):
+    """The customer × metric × window keys of a request, computed per index rather than materialized:
+    a page costs O(page), not O(customers × metrics × windows), so a large sandbox stays fast."""
+
+    def __init__(self, customers: list[str], metrics: list[tuple[dict[str, Any], Any]],
+                 windows: list[Window]) -> None:
+        self.customers, self.metrics, self.windows = customers, metrics, windows
+        self.per_customer = len(metrics) * len(windows)
+
+    def __len__(self) -> int:
+        return len(self.customers) * self.per_customer
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        customer, rest = divmod(index, self.per_customer)
+        metric, window = divmod(rest, len(self.windows))
+        return (self.customers[customer], *self.metrics[metric], self.windows[window])
 
 
 async def usage(request: Request) -> JSONResponse:
@@ -127,7 +150,7 @@ async def usage(request: Request) -> JSONResponse:
     start, end = _range(state, body, size)
     metrics = _selected_metrics(state, body)
     customers = _selected_customers(state, body)
-    keys = [(c, m, g, w) for c in customers for m, g in metrics for w in _windows(start, end, size)]
+    keys = _UsageKeys(customers, metrics, _windows(start, end, size))
     page, cursor = page_of(request, keys, kind="usage", limit=USAGE_PAGE_SIZE)
     rows = []
     for customer_id, metric, group_by, (ws, we) in page:
