@@ -102,10 +102,9 @@ def build_snapshot_assets(config: AppConfig) -> list[dg.AssetsDefinition]:
         """Metronome customer → Suger entitlement links, as Suger resolves them (CONTRACT §4)."""
         with suger.get_client() as client:
             try:
-                found = resolve_links(client, config)
+                links = resolve_links(client, config)
             except ConfigError as exc:
                 raise dg.Failure(description=str(exc)) from None
-        links = [(l.metronome_customer_id, l.buyer_id, l.entitlement, l.source) for l in found]
         now = _now()
         with duckdb.get_connection() as conn:
             bulk_insert(
@@ -115,10 +114,12 @@ def build_snapshot_assets(config: AppConfig) -> list[dg.AssetsDefinition]:
                  "buyer_id": "VARCHAR", "entitlement_id": "VARCHAR", "partner": "VARCHAR",
                  "status": "VARCHAR", "start_time": "TIMESTAMPTZ", "end_time": "TIMESTAMPTZ",
                  "term_id": "VARCHAR", "link_source": "VARCHAR"},
-                [(now, cust, buyer, e.id, e.partner, e.status, e.startTime, e.endTime,
-                  e.entitlementTermID, source) for cust, buyer, e, source in links],
+                [(now, link.metronome_customer_id, link.buyer_id, link.entitlement.id,
+                  link.entitlement.partner, link.entitlement.status, link.entitlement.startTime,
+                  link.entitlement.endTime, link.entitlement.entitlementTermID, link.source)
+                 for link in links],
             )
-            seen = {e.id: e for _, _, e, _ in links}
+            seen = {link.entitlement.id: link.entitlement for link in links}
             bulk_insert(
                 conn,
                 "entitlement_dimensions",
@@ -138,7 +139,7 @@ def build_snapshot_assets(config: AppConfig) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(links),
-                "linked_customers": len({link[0] for link in links}),
+                "linked_customers": len({link.metronome_customer_id for link in links}),
                 "entitlements": len(seen),
                 "partners": ", ".join(partners),
                 "preview": dg.MetadataValue.md(preview),

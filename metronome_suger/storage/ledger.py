@@ -70,10 +70,3 @@ def record_answer(
         [status, suger_status, message, 1 if sent else 0, sent, now, sent, now, now, record_group_id],
     )
 
-
-def status_counts(conn: duckdb.DuckDBPyConnection, window: Window) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT status, count(*) FROM report_ledger WHERE window_start >= ? AND window_start < ? GROUP BY 1",
-        [window.start, window.end],
-    ).fetchall()
-    return {s: 0 for s in STATUSES} | dict(rows)
