@@ -70,14 +70,13 @@ def verify(config: AppConfig) -> int:
         usable = [link for link in links if link.entitlement.status in USABLE_STATUSES]
         partners = sorted({link.entitlement.partner for link in usable})
         required = [(p, k, "reportable") for p in partners for k in keys]
-        ents = []
-        for link in usable:
-            rates = {}
-            for dim in link.entitlement.info.dimensions if link.entitlement.info else []:
-                rates[dim.key] = dim.rate
-                if dim.name:
-                    rates.setdefault(dim.name, dim.rate)
-            ents.append(LinkedEntitlement(link.entitlement.id, link.entitlement.partner, frozenset(rates), rates))
+        ents = [
+            LinkedEntitlement.of(
+                link.entitlement.id, link.entitlement.partner or "",
+                [(d.key, d.name, d.rate) for d in (link.entitlement.info.dimensions if link.entitlement.info else [])],
+            )
+            for link in usable
+        ]
         problems += [str(gap) for gap in find_gaps(required, mapping_rows(config, metrics), ents)]
     warnings.append(
         "Suger's own Metronome integration must have Auto Report Usage switched off, "

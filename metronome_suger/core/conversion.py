@@ -108,6 +108,20 @@ class LinkedEntitlement:
     dimension_keys: frozenset[str]  # keys and names: Suger accepts either
     rates: Mapping[str, Decimal | None]
 
+    @classmethod
+    def of(
+        cls, entitlement_id: str, partner: str,
+        dimensions: Iterable[tuple[str, str | None, Decimal | None]],
+    ) -> "LinkedEntitlement":
+        """From (key, name, rate) triples: a record may name a dimension by key or by name; a key wins
+        over another dimension's identical name."""
+        dims = list(dimensions)
+        rates: dict[str, Decimal | None] = {key: rate for key, _, rate in dims}
+        for _, name, rate in dims:
+            if name:
+                rates.setdefault(name, rate)
+        return cls(entitlement_id, partner, frozenset(rates), rates)
+
 
 def find_gaps(
     required: Iterable[tuple[str, str, str]],

@@ -36,18 +36,14 @@ def mapping_gaps(
         if key not in reasons or why.startswith("has usage"):
             reasons[key] = why
     required = [(p, k, why) for p in partners for k, why in reasons.items()]
-    rates: dict[str, dict[str, Decimal | None]] = {}
     partner_of = dict(conn.execute("SELECT DISTINCT entitlement_id, partner FROM _links").fetchall())
-    for ent_id in partner_of:
-        rates[ent_id] = {}
+    dims: dict[str, list[tuple[str, str | None, Decimal | None]]] = {e: [] for e in partner_of}
     for ent_id, key, name, rate in conn.execute(
         """SELECT entitlement_id, dimension_key, dimension_name, rate FROM _dims
         WHERE entitlement_id IN (SELECT entitlement_id FROM _links)"""
     ).fetchall():
-        rates[ent_id][key] = rate
-        if name:
-            rates[ent_id].setdefault(name, rate)
-    ents = [LinkedEntitlement(e, partner_of[e], frozenset(r), r) for e, r in rates.items()]
+        dims[ent_id].append((key, name, rate))
+    ents = [LinkedEntitlement.of(e, partner_of[e], d) for e, d in dims.items()]
     return find_gaps(required, mapping, ents)
 
 
