@@ -1,19 +1,22 @@
-"""``verify``, ``link`` and ``status``: what an operator runs by hand (CONTRACT §2)."""
+"""``verify``, ``link`` and ``status``: what an operator runs by hand."""
 
 from datetime import datetime, timedelta, timezone
 
-from metronome_suger.clients.http import ApiError, AuthError
+from metronome_suger.clients.errors import ApiError, AuthError
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.suger import SugerClient
-from metronome_suger.config import AMOUNT_SOURCE_KEY, AppConfig, ConfigError
+from metronome_suger.config import AppConfig, ConfigError
 from metronome_suger.core.conversion import (
+    AMOUNT_SOURCE_KEY,
+    Dimension,
     LinkedEntitlement,
     Metric,
     find_gaps,
     mapping_rows,
     whitelisted_ids,
 )
-from metronome_suger.linkage import USABLE_STATUSES, resolve_links
+from metronome_suger.core.linkage import USABLE_STATUSES, UnknownEntitlementError
+from metronome_suger.steps.snapshots import list_links
 from metronome_suger.storage.db import connect
 
 
@@ -42,7 +45,7 @@ def verify(config: AppConfig) -> int:
     links = []
     try:
         with _suger(config) as client:
-            links = resolve_links(client, config)
+            links = list_links(client, [(lk.metronome_customer_id, lk.entitlement_id) for lk in config.customer_links])
             metering = client.get_usage_metering_config()
         partners = sorted({link.entitlement.partner for link in links})
         print(f"Suger: key accepted, {len(links)} customer → entitlement links on {', '.join(partners) or 'no partner'}")
@@ -53,13 +56,14 @@ def verify(config: AppConfig) -> int:
                     f"Suger converts dimensions itself for {partner} (usageMeteringConfigInfo "
                     "enableDimensionMapping): records would be converted twice"
                 )
-    except (ConfigError, AuthError) as exc:
+    except (ConfigError, AuthError, UnknownEntitlementError) as exc:
         problems.append(f"Suger: {exc}")
     except ApiError as exc:
         problems.append(f"Suger unreachable or failing: {exc}")
     if metrics and links:
         try:
-            reportable = whitelisted_ids(config, metrics)
+            whitelist = config.billable_metric_whitelist
+            reportable = whitelisted_ids(whitelist.enabled, whitelist.metrics, metrics)
         except ValueError as exc:
             problems.append(str(exc))
             reportable = set()
@@ -71,13 +75,13 @@ def verify(config: AppConfig) -> int:
         partners = sorted({link.entitlement.partner for link in usable})
         required = [(p, k, "reportable") for p in partners for k in keys]
         ents = [
-            LinkedEntitlement.of(
-                link.entitlement.id, link.entitlement.partner or "",
-                [(d.key, d.name, d.rate) for d in (link.entitlement.info.dimensions if link.entitlement.info else [])],
-            )
+            LinkedEntitlement(link.entitlement.id, link.entitlement.partner or "", tuple(
+                Dimension(d.key, d.name, d.rate) for d in (link.entitlement.info.dimensions if link.entitlement.info else [])
+            ))
             for link in usable
         ]
-        problems += [str(gap) for gap in find_gaps(required, mapping_rows(config, metrics), ents)]
+        rows = mapping_rows(config.dimension_conversion, metrics, amount_mode=config.amount_mode)
+        problems += [str(gap) for gap in find_gaps(required, rows, ents)]
     warnings.append(
         "Suger's own Metronome integration must have Auto Report Usage switched off, "
         "or usage is reported twice"

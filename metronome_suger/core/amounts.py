@@ -21,7 +21,6 @@ from typing import Literal
 
 from metronome_suger.core.windows import Window, iso
 
-USD_CREDIT_TYPE_ID = "2714e483-4ff1-48e4-9e25-ac732e8f24f2"  # Metronome's "USD (cents)"
 TRACKED_TYPE = "USAGE"
 ZERO = Decimal(0)
 
@@ -46,6 +45,7 @@ class InvoiceView:
     period_start: datetime | None
     period_end: datetime | None
     total_cents: Decimal
+    usd: bool  # in Metronome's "USD (cents)" credit type
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def skip_reason(invoice: InvoiceView, window: Window, seen: Seen = Seen()) -> Sk
     status = invoice.status.upper()
     if status == "VOID":
         return "void"
-    if invoice.credit_type_id != USD_CREDIT_TYPE_ID:
+    if not invoice.usd:
         return "non_usd"
     if (invoice.invoice_type or "").upper() != TRACKED_TYPE:
         return "not_usage"

@@ -1,14 +1,23 @@
-"""Dimension conversion rules (Suger's ``dimensionMappingV2``), resolved against the Metronome metric list.
+"""Dimension conversion (Suger's ``dimensionMappingV2``) and THE rule that matches a mapped target to
+an entitlement's dimension. Pure: no I/O, no configuration object.
 
-Pure: turns the configuration plus the metric list into flat mapping rows that the set-based SQL in
-``storage/records.py`` joins against usage, and finds the gaps ``mapping_completeness`` reports.
+The rule, in one place (``match_dimension``): a target names a dimension by its ``key``, or else by its
+``name``. An exact key match wins; a name match counts only when no dimension has that key; two
+dimensions matching the same way is ambiguous, a configuration error that ``mapping_completeness`` and
+``verify`` name. The SQL that converts, prices and verifies joins the matches computed here
+(``dimension_matches``), so no query re-derives the rule.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
+from typing import Literal, Protocol
 
-from metronome_suger.config import AMOUNT_SOURCE_KEY, AppConfig
+Partner = Literal["AWS", "AZURE", "GCP"]
+AMOUNT_SOURCE_KEY = "metronome"  # the amount modes report invoice dollars under this source key
+MISSING = "which does not exist"
+NO_RATE = "an AMOUNT mapping without a positive rate"
 
 
 @dataclass(frozen=True)
@@ -22,9 +31,20 @@ class Metric:
 class MappingRow:
     partner: str
     source_key: str  # canonical: the metric name (quantity mode) or ``metronome`` (amount modes)
-    dimension_key: str
+    dimension_key: str  # the target: what the record sent to Suger names
     mapping_mode: str  # QUANTITY | AMOUNT
     multiplier: Decimal
+
+
+class Target(Protocol):
+    """One configured target of a source key (the configuration's ``DimensionMapping``)."""
+
+    @property
+    def dimension_key(self) -> str: ...
+    @property
+    def mapping_mode(self) -> str: ...
+    @property
+    def multiplier(self) -> Decimal: ...
 
 
 class UnknownMetricError(ValueError):
@@ -32,7 +52,7 @@ class UnknownMetricError(ValueError):
 
 
 def resolve_metric(key: str, metrics: Sequence[Metric]) -> Metric | None:
-    """A source key names a metric by name or by id (CONTRACT §3); names win over ids."""
+    """A source key names a metric by name or by id; names win over ids."""
     for metric in metrics:
         if metric.name == key:
             return metric
@@ -42,13 +62,13 @@ def resolve_metric(key: str, metrics: Sequence[Metric]) -> Metric | None:
     return None
 
 
-def whitelisted_ids(config: AppConfig, metrics: Sequence[Metric]) -> set[str]:
+def whitelisted_ids(enabled: bool, keys: Sequence[str], metrics: Sequence[Metric]) -> set[str]:
     """Ids of the metrics to report: every metric, or the whitelist (which must name known metrics)."""
-    if not config.billable_metric_whitelist.enabled:
+    if not enabled:
         return {m.id for m in metrics}
     chosen: set[str] = set()
     unknown = []
-    for key in config.billable_metric_whitelist.metrics:
+    for key in keys:
         metric = resolve_metric(key, metrics)
         if metric is None:
             unknown.append(key)
@@ -56,32 +76,99 @@ def whitelisted_ids(config: AppConfig, metrics: Sequence[Metric]) -> set[str]:
             chosen.add(metric.id)
     if unknown:
         raise UnknownMetricError(
-            "billable_metric_whitelist names metrics Metronome does not have: "
-            + ", ".join(sorted(unknown))
+            "billable_metric_whitelist names metrics Metronome does not have: " + ", ".join(sorted(unknown))
         )
     return chosen
 
 
-def mapping_rows(config: AppConfig, metrics: Sequence[Metric]) -> list[MappingRow]:
+def mapping_rows(
+    conversion: Mapping[str, Mapping[str, Sequence[Target]]], metrics: Sequence[Metric], *, amount_mode: bool
+) -> list[MappingRow]:
     """Flatten the configured conversion; metric ids used as keys are rewritten to metric names."""
     rows = []
-    for partner, table in config.dimension_conversion.items():
+    for partner, table in conversion.items():
         for key, targets in table.items():
             source = key
-            if not config.amount_mode or key != AMOUNT_SOURCE_KEY:
+            if not amount_mode or key != AMOUNT_SOURCE_KEY:
                 metric = resolve_metric(key, metrics)
                 source = metric.name if metric else key
-            for target in targets:
-                rows.append(
-                    MappingRow(
-                        partner=partner,
-                        source_key=source,
-                        dimension_key=target.dimension_key,
-                        mapping_mode=target.mapping_mode,
-                        multiplier=target.multiplier,
-                    )
-                )
+            rows += [MappingRow(partner, source, t.dimension_key, t.mapping_mode, t.multiplier) for t in targets]
     return rows
+
+
+# -- the dimension rule --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A metering dimension of an entitlement (``entitlement.info.dimensions[]``)."""
+
+    key: str
+    name: str | None = None
+    rate: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class DimensionMatch:
+    """What a mapped target names on one entitlement: a dimension, or why none (``problem``)."""
+
+    target: str
+    dimension: Dimension | None
+    problem: str | None = None
+
+
+def match_dimension(target: str, dimensions: Sequence[Dimension]) -> DimensionMatch:
+    """THE rule: an exact key match wins; a name match only when no key matches; two dimensions
+    matching the same way is ambiguous (a configuration error, never a guess)."""
+    return _match(target, tuple(dimensions))
+
+
+@lru_cache(maxsize=65536)  # entitlements of one product share their dimension list
+def _match(target: str, dimensions: tuple[Dimension, ...]) -> DimensionMatch:
+    for how, found in (("key", [d for d in dimensions if d.key == target]),
+                       ("name", [d for d in dimensions if d.name == target])):
+        if len(found) == 1:
+            return DimensionMatch(target, found[0])
+        if found:
+            keys = ", ".join(sorted(repr(d.key) for d in found))
+            return DimensionMatch(target, None, f"which is ambiguous ({len(found)} dimensions have that {how}: {keys})")
+    return DimensionMatch(target, None, MISSING)
+
+
+@dataclass(frozen=True)
+class LinkedEntitlement:
+    entitlement_id: str
+    partner: str
+    dimensions: tuple[Dimension, ...] = field(default=())
+
+    def match(self, target: str) -> DimensionMatch:
+        return match_dimension(target, self.dimensions)
+
+
+@dataclass(frozen=True)
+class MatchedDimension:
+    """A row of the matches table the SQL joins: target → matched dimension and its unit price."""
+
+    entitlement_id: str
+    target: str
+    dimension_key: str
+    rate: Decimal | None
+
+
+def dimension_matches(
+    entitlements: Iterable[LinkedEntitlement], rows: Sequence[MappingRow]
+) -> list[MatchedDimension]:
+    """Every unambiguous match of a target mapped for each entitlement's partner."""
+    targets: dict[str, set[str]] = {}
+    for row in rows:
+        targets.setdefault(row.partner, set()).add(row.dimension_key)
+    out = []
+    for ent in entitlements:
+        for target in sorted(targets.get(ent.partner, ())):
+            found = ent.match(target).dimension
+            if found is not None:
+                out.append(MatchedDimension(ent.entitlement_id, target, found.key, found.rate))
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,34 +188,12 @@ class MappingGap:
         )
 
 
-@dataclass(frozen=True)
-class LinkedEntitlement:
-    entitlement_id: str
-    partner: str
-    dimension_keys: frozenset[str]  # keys and names: Suger accepts either
-    rates: Mapping[str, Decimal | None]
-
-    @classmethod
-    def of(
-        cls, entitlement_id: str, partner: str,
-        dimensions: Iterable[tuple[str, str | None, Decimal | None]],
-    ) -> "LinkedEntitlement":
-        """From (key, name, rate) triples: a record may name a dimension by key or by name; a key wins
-        over another dimension's identical name."""
-        dims = list(dimensions)
-        rates: dict[str, Decimal | None] = {key: rate for key, _, rate in dims}
-        for _, name, rate in dims:
-            if name:
-                rates.setdefault(name, rate)
-        return cls(entitlement_id, partner, frozenset(rates), rates)
-
-
 def find_gaps(
     required: Iterable[tuple[str, str, str]],
     rows: Sequence[MappingRow],
     entitlements: Iterable[LinkedEntitlement],
 ) -> list[MappingGap]:
-    """Every unmapped (partner, source key) and every target dimension an entitlement lacks.
+    """Every unmapped (partner, source key) and every target an entitlement lacks or matches ambiguously.
 
     ``required`` holds (partner, source_key, why) triples: the keys that must be mapped for a partner
     in use. A target of an AMOUNT mapping also needs a positive rate on the entitlement.
@@ -145,14 +210,10 @@ def find_gaps(
     for ent in entitlements:
         for source_key in needed_by_partner.get(ent.partner, ()):
             for row in mapped.get((ent.partner, source_key), []):
-                if row.dimension_key not in ent.dimension_keys:
-                    gaps.add(
-                        MappingGap(ent.partner, source_key, row.dimension_key,
-                                   ent.entitlement_id, "which does not exist")
-                    )
-                elif row.mapping_mode == "AMOUNT" and not (ent.rates.get(row.dimension_key) or 0) > 0:
-                    gaps.add(
-                        MappingGap(ent.partner, source_key, row.dimension_key,
-                                   ent.entitlement_id, "an AMOUNT mapping without a positive rate")
-                    )
+                found = ent.match(row.dimension_key)
+                reason = found.problem
+                if found.dimension is not None and row.mapping_mode == "AMOUNT" and not (found.dimension.rate or 0) > 0:
+                    reason = NO_RATE
+                if reason:
+                    gaps.add(MappingGap(ent.partner, source_key, row.dimension_key, ent.entitlement_id, reason))
     return sorted(gaps, key=lambda g: (g.partner, g.source_key, g.dimension_key or "", g.entitlement_id or ""))

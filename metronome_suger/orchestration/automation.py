@@ -5,14 +5,15 @@ from typing import Any
 import dagster as dg
 
 from metronome_suger.config import AppConfig
+from metronome_suger.orchestration.keys import GROUP, JOB, Keys
 
-JOB_NAME = "metronome_suger_job"
+JOB_NAME = JOB
 
 
-def build_job(config: AppConfig) -> Any:  # dagster does not export the unresolved job type
+def build_job(config: AppConfig, keys: Keys = Keys()) -> Any:  # dagster does not export the unresolved job type
     return dg.define_asset_job(
-        JOB_NAME,
-        selection=dg.AssetSelection.all(),
+        keys.name(JOB),
+        selection=dg.AssetSelection.groups(keys.name(GROUP)),
         description=f"Read Metronome, convert and report one {'hour' if config.hourly else 'day'} to Suger",
     )
 

@@ -1,16 +1,18 @@
-"""Asset checks on ``suger_usage_records``: mapping completeness (blocking) and customer linkage."""
+"""Asset checks. On ``suger_usage_records``: mapping completeness (blocking) and customer linkage. On
+``suger_usage_report``: verification against Metronome, Suger-side statuses, deadlines. Each body calls
+one plain function and turns its result into a check result."""
+
+from decimal import Decimal
 
 import dagster as dg
 
 from metronome_suger.config import AppConfig
-from metronome_suger.core.conversion import mapping_rows
+from metronome_suger.core.windows import Window
+from metronome_suger.orchestration.assets import conversion_of
+from metronome_suger.orchestration.keys import DUCKDB, POOL, RECORDS, REPORT, Keys
 from metronome_suger.orchestration.partitions import context_windows, partitions_for
-from metronome_suger.orchestration.records import SourceLoader, latest_metrics
-from metronome_suger.orchestration.resources import SafeDuckDBResource
-from metronome_suger.orchestration.snapshots import POOL
-from metronome_suger.storage.gaps import mapping_gaps, multi_linked, unlinked_usage
-
-RECORDS = dg.AssetKey("suger_usage_records")
+from metronome_suger.steps.records import check_linkage, check_mapping, verify_windows
+from metronome_suger.storage.ledger import expired_by_partner, flagged_groups, suger_status_counts
 
 
 def bullets(items: list[str], limit: int = 50) -> str:
@@ -20,63 +22,94 @@ def bullets(items: list[str], limit: int = 50) -> str:
     return "\n".join(shown)
 
 
-def build_checks(config: AppConfig, load_source: SourceLoader) -> list[dg.AssetChecksDefinition]:
-    partitions = partitions_for(config)
+def _money(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.01')):,}"
 
-    @dg.asset_check(asset=RECORDS, blocking=True, partitions_def=partitions, pool=POOL)
-    def mapping_completeness(
-        context: dg.AssetCheckExecutionContext, duckdb: SafeDuckDBResource
-    ) -> dg.AssetCheckResult:
-        """Every reportable source key is mapped for every partner in use, and every mapped
-        dimension exists on the linked entitlement. Blocking: a failing window sends nothing."""
-        gaps: list[str] = []
-        with duckdb.get_connection() as conn:
-            mapping = mapping_rows(config, latest_metrics(conn))
-            for window in context_windows(context, config.hourly):
-                gaps += [f"{window.partition_key}: {gap}" for gap in mapping_gaps(conn, window, mapping, config.amount_mode)]
+
+def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition]:
+    conv = conversion_of(config)
+    common = {"partitions_def": partitions_for(config), "pool": POOL, "required_resource_keys": keys.resources(DUCKDB)}
+
+    def connect(context: dg.AssetCheckExecutionContext):  # type: ignore[no-untyped-def]
+        return keys.resource(context, DUCKDB).get_connection
+
+    def span(context: dg.AssetCheckExecutionContext) -> tuple[list[Window], Window]:
+        windows = context_windows(context, config.hourly)
+        return windows, Window(windows[0].start, windows[-1].end)
+
+    @dg.asset_check(asset=keys.asset(RECORDS), blocking=True, **common)
+    def mapping_completeness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """Every reportable source key is mapped for every partner in use, and every mapped dimension
+        exists, unambiguously, on the linked entitlement. Blocking: a failing window sends nothing."""
+        gaps = check_mapping(connect(context), context_windows(context, config.hourly), conv)
         return dg.AssetCheckResult(
-            passed=not gaps,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=(
-                "all reportable source keys are mapped"
-                if not gaps
-                else f"{len(gaps)} mapping gap(s), nothing sent for the window: " + "; ".join(gaps[:20])
-            ),
+            passed=not gaps, severity=dg.AssetCheckSeverity.ERROR,
+            description="all reportable source keys are mapped" if not gaps
+            else f"{len(gaps)} mapping gap(s), nothing sent for the window: " + "; ".join(gaps[:20]),
             metadata={"gaps": len(gaps), "details": dg.MetadataValue.md(bullets(gaps) or "none")},
         )
 
-    @dg.asset_check(asset=RECORDS, partitions_def=partitions, pool=POOL)
-    def customer_linkage(
-        context: dg.AssetCheckExecutionContext, duckdb: SafeDuckDBResource
-    ) -> dg.AssetCheckResult:
+    @dg.asset_check(asset=keys.asset(RECORDS), **common)
+    def customer_linkage(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         """Usage of customers with no Suger entitlement for the window is not silently dropped."""
-        found: list[str] = []
-        doubled: list[str] = []
-        customers: set[str] = set()
-        with duckdb.get_connection() as conn:
-            for window in context_windows(context, config.hourly):
-                load_source(conn, window)
-                for customer, key, value in unlinked_usage(conn, window):
-                    customers.add(customer)
-                    found.append(f"{window.partition_key}: customer {customer} '{key}' = {value}")
-                if config.amount_mode:
-                    for customer, count, partners in multi_linked(conn):
-                        doubled.append(f"{window.partition_key}: customer {customer} is linked to {count} "
-                                       f"entitlements ({partners}): each is sent the same invoice dollars")
+        out = check_linkage(connect(context), context_windows(context, config.hourly), conv)
         description = "every customer with usage is linked"
-        if found:
-            description = f"{len(customers)} customer(s) with usage but no link: not reported"
-        if doubled:
-            description += f"; {len(doubled)} customer-window(s) report one invoice to several entitlements"
+        if out.unlinked:
+            description = f"{len(out.customers)} customer(s) with usage but no link: not reported"
+        if out.multi_linked:
+            description += f"; {len(out.multi_linked)} customer-window(s) report one invoice to several entitlements"
         return dg.AssetCheckResult(
-            passed=not (found or doubled),
-            severity=dg.AssetCheckSeverity.WARN,
+            passed=not (out.unlinked or out.multi_linked), severity=dg.AssetCheckSeverity.WARN,
             description=description,
-            metadata={
-                "unlinked_customers": len(customers),
-                "multi_linked": len(doubled),
-                "details": dg.MetadataValue.md(bullets(found + doubled) or "none"),
-            },
+            metadata={"unlinked_customers": len(out.customers), "multi_linked": len(out.multi_linked),
+                      "details": dg.MetadataValue.md(bullets(out.unlinked + out.multi_linked) or "none")},
         )
 
-    return [mapping_completeness, customer_linkage]
+    @dg.asset_check(asset=keys.asset(REPORT), **common)
+    def usage_verification(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """What Suger holds vs what Metronome's stored values convert to, per customer × dimension:
+        over- and under-reporting in units and dollars (pending, rejected or expired groups show as under)."""
+        found = verify_windows(connect(context), context_windows(context, config.hourly), conv)
+        over = sum((d.dollars or 0 for _, d in found if d.difference > 0), Decimal(0))
+        under = sum((-(d.dollars or 0) for _, d in found if d.difference < 0), Decimal(0))
+        return dg.AssetCheckResult(
+            passed=not found, severity=dg.AssetCheckSeverity.WARN,
+            description="reported equals Metronome for every customer and dimension" if not found
+            else f"{len(found)} discrepancies: over-reported {_money(over)}, under-reported {_money(under)}",
+            metadata={"discrepancies": len(found), "over_reported_dollars": float(over),
+                      "under_reported_dollars": float(under),
+                      "details": dg.MetadataValue.md(bullets([f"{w.partition_key}: {d}" for w, d in found]) or "none")},
+        )
+
+    @dg.asset_check(asset=keys.asset(REPORT), **common)
+    def suger_record_status(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """Groups Suger marked INVALID or failed to forward (REPORT_FAILED), as last polled."""
+        _, window = span(context)
+        with connect(context)() as conn:
+            rows, counts = flagged_groups(conn, window), suger_status_counts(conn, window)
+        lines = [f"group {g} ({p}, entitlement {e}): {s} {m}".strip() for g, e, p, s, m in rows]
+        return dg.AssetCheckResult(
+            passed=not rows,
+            description="no INVALID or REPORT_FAILED group" if not rows else f"{len(rows)} group(s) need attention",
+            metadata={**{f"suger:{k}": v for k, v in sorted(counts.items())},
+                      "details": dg.MetadataValue.md(bullets(lines) or "none")},
+        )
+
+    @dg.asset_check(asset=keys.asset(REPORT), **common)
+    def report_deadline(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """Groups that missed their marketplace deadline: never sent, and the revenue they carried."""
+        _, window = span(context)
+        with connect(context)() as conn:
+            rows = expired_by_partner(conn, window)
+        total = sum((r[2] for r in rows), Decimal(0))
+        groups = sum(r[1] for r in rows)
+        return dg.AssetCheckResult(
+            passed=not rows,
+            description="every group was handed over before its marketplace deadline" if not rows
+            else f"{groups} group(s) expired unsent: {_money(total)} of revenue lost ("
+            + ", ".join(f"{p} {n} groups {_money(d)}" for p, n, d in rows) + ")",
+            metadata={"expired_groups": groups, "lost_dollars": float(total),
+                      **{f"lost_dollars:{p}": float(d) for p, _, d in rows}},
+        )
+
+    return [mapping_completeness, customer_linkage, usage_verification, suger_record_status, report_deadline]

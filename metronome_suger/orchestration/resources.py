@@ -7,6 +7,7 @@ snapshots, the UI or metadata; definitions load without them.
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -36,7 +37,7 @@ class SugerResource(dg.ConfigurableResource):
     base_url: str = Field(description="Suger API base URL")
     org_id: str = Field(description="Suger organization id")
     api_key: str = Field(description="Suger API key; pass dg.EnvVar(<name>)")
-    max_workers: int = Field(default=8, description="Bound on concurrent per-buyer calls")
+    max_workers: int = Field(default=8, description="Bound on concurrent calls")
 
     def get_client(self) -> SugerClient:
         return SugerClient(self.base_url, self.org_id, self.api_key)
@@ -44,14 +45,22 @@ class SugerResource(dg.ConfigurableResource):
 
 class SafeDuckDBResource(DuckDBResource):
     """``DuckDBResource`` that always closes its connection (the upstream one leaks the file lock
-    when the block raises) and can open read-only for readers such as checks."""
+    when the block raises), can open read-only for readers, and bounds the wait for the file lock."""
 
     read_only: bool = Field(default=False, description="Open the file read-only")
+    lock_timeout: float = Field(default=120.0, description="Seconds to wait for another process's file lock")
 
     @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:  # type: ignore[override]
-        with connect(self.database, read_only=self.read_only) as conn:
+    def get_connection(  # type: ignore[override]
+        self, read_only: bool | None = None, lock_timeout: float | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.database, read_only=self.read_only if read_only is None else read_only,
+                     lock_timeout=self.lock_timeout if lock_timeout is None else lock_timeout) as conn:
             yield conn
+
+    def exists(self) -> bool:
+        """Whether anything ran yet (sensors skip instead of creating an empty database)."""
+        return Path(self.database).exists()
 
 
 class ClockResource(dg.ConfigurableResource):

@@ -12,11 +12,12 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.config import AMOUNT_SOURCE_KEY
+from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
 from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
 from metronome_suger.core.windows import Window
-from metronome_suger.linkage import USABLE_STATUSES
+from metronome_suger.core.linkage import USABLE_STATUSES
 from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.window import Source
 
 
 def linked_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
@@ -118,8 +119,8 @@ def record_observations(conn: duckdb.DuckDBPyConnection, window: Window, totals:
     return added
 
 
-def load_source(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
-    """``_source``: per customer, the dollars the window attributes (Σ increase cents ÷ 100, exact).
+def amount_source(conn: duckdb.DuckDBPyConnection, window: Window) -> Source:
+    """The amount modes' source: per customer, the dollars the window attributes (Σ increase cents ÷ 100, exact).
 
     Only reads. A negative amount cannot arise from the high-water rule; if one is found it is a
     problem that forbids sending the window.
@@ -137,8 +138,18 @@ def load_source(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
         WHERE window_start = ? AND increase_cents < 0 ORDER BY 1, 2""",
         [window.start],
     ).fetchall()
-    return [
+    return Source("_source", [
         f"negative invoice increase of {cents} cents for customer {customer} key '{AMOUNT_SOURCE_KEY}' "
         f"({history_key}) in window {window}: the high-water table is inconsistent"
         for customer, history_key, cents in negative
-    ]
+    ])
+
+
+def window_increase(conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> tuple[Decimal, int]:
+    """Cents the windows in [start, end) attribute, and how many customers they attribute some to."""
+    row = conn.execute(
+        """SELECT coalesce(sum(increase_cents), 0), count(DISTINCT customer_id) FILTER (WHERE increase_cents > 0)
+        FROM invoice_high_water WHERE window_start >= ? AND window_start < ?""",
+        [start, end],
+    ).fetchone()
+    return (Decimal(row[0]), int(row[1])) if row else (Decimal(0), 0)

@@ -3,8 +3,8 @@
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,16 +15,19 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_ex
 from metronome_suger.storage.schema import SCHEMA
 
 QTY = "DECIMAL(38,10)"
+# How a step opens the database: ``Connect()`` for a writer, ``Connect(read_only=True)`` for a reader.
+Connect = Callable[..., AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
-def _is_lock_error(exc: BaseException) -> bool:
+def is_lock_error(exc: BaseException) -> bool:
+    """Another process holds the DuckDB file (a run, a sensor): worth waiting for, or skipping a tick."""
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
     """Another process may hold the file lock for a moment (a run, a sensor): wait for it, bounded."""
     opener = retry(
-        retry=retry_if_exception(_is_lock_error),
+        retry=retry_if_exception(is_lock_error),
         wait=wait_random_exponential(multiplier=0.1, max=5),
         stop=stop_after_delay(lock_timeout),
         reraise=True,

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.linkage import USABLE_STATUSES
+from metronome_suger.core.linkage import USABLE_STATUSES
 from metronome_suger.storage.db import QTY, bulk_insert
 
 

@@ -1,20 +1,27 @@
 """The report ledger: one row per record group, what was sent and what Suger answered.
 
-Status transitions: pending → sent (Suger stored it; 201 or 409) → accepted (forwarded to the
-marketplace); pending → rejected (Suger refused it; its message is kept); pending → expired (past the
-marketplace deadline, never sent).
+The only module that writes ``report_ledger``: new groups are inserted ``pending`` (``store_plan``), and
+every status change goes through the state machine of ``core/ledger.py`` (``record``), which raises on a
+transition it does not allow.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import duckdb
 
+from metronome_suger.core.ledger import STATES, Event, transition
 from metronome_suger.core.windows import Window
+from metronome_suger.storage.db import QTY, bulk_insert
 
-STATUSES = ("pending", "sent", "accepted", "rejected", "expired")
+# Closed groups are history: Suger holds them (even one it later marked INVALID or gave up forwarding,
+# which ``suger_record_status`` surfaces), or they expired. Open groups never reached Suger (pending, or
+# refused on submission) and are recomputed under the same id.
+CLOSED_SQL = "(status IN ('sent', 'accepted', 'expired') OR (status = 'rejected' AND suger_status IS NOT NULL))"
 
 
 @dataclass(frozen=True)
@@ -28,19 +35,24 @@ class LedgerGroup:
     timestamp: datetime
     records: dict[str, Decimal]
     status: str
+    suger_status: str | None
+    retries: int
+    sent_at: datetime | None
 
 
-def _group(row: tuple) -> LedgerGroup:
-    gid, rev, ent, cust, partner, wstart, ts, records, status = row
+_COLUMNS = ("record_group_id, revision, entitlement_id, customer_id, partner, window_start, timestamp, "
+            "records, status, suger_status, retries, coalesce(sent_at, created_at)")
+
+
+def _group(row: tuple[Any, ...]) -> LedgerGroup:
+    gid, rev, ent, cust, partner, wstart, ts, records, status, suger, retries, sent_at = row
     return LedgerGroup(gid, rev, ent, cust, partner, wstart, ts,
-                       {k: Decimal(v) for k, v in json.loads(records).items()}, status)
+                       {k: Decimal(v) for k, v in json.loads(records).items()}, status, suger, retries, sent_at)
 
 
-_COLUMNS = ("record_group_id, revision, entitlement_id, customer_id, partner, window_start, "
-            "timestamp, records, status")
-
-
-def groups_in_window(conn: duckdb.DuckDBPyConnection, window: Window, statuses: tuple[str, ...] = STATUSES) -> list[LedgerGroup]:
+def groups_in_window(
+    conn: duckdb.DuckDBPyConnection, window: Window, statuses: Sequence[str] = STATES
+) -> list[LedgerGroup]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM report_ledger WHERE window_start >= ? AND window_start < ? "
         "AND list_contains(?::VARCHAR[], status) ORDER BY timestamp, entitlement_id, revision",
@@ -49,24 +61,148 @@ def groups_in_window(conn: duckdb.DuckDBPyConnection, window: Window, statuses: 
     return [_group(r) for r in rows]
 
 
-def record_answer(
-    conn: duckdb.DuckDBPyConnection,
-    record_group_id: str,
-    *,
-    status: str,
-    now: datetime,
-    suger_status: str | None = None,
-    message: str | None = None,
-    sent: bool = True,
+def awaiting_groups(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[LedgerGroup]:
+    """``sent`` groups sent at or after ``since`` (Suger has them; their marketplace fate is unknown)."""
+    rows = conn.execute(
+        f"""SELECT {_COLUMNS} FROM report_ledger
+        WHERE status = 'sent' AND coalesce(sent_at, created_at) >= ?
+        ORDER BY timestamp, entitlement_id, revision""",
+        [since],
+    ).fetchall()
+    return [_group(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Change:
+    """An event for one group, in the state the writer read it in (``state``)."""
+
+    record_group_id: str
+    state: str
+    event: Event
+    suger_status: str | None = None
+    message: str | None = None
+
+
+_CHANGE_COLUMNS = {
+    "record_group_id": "VARCHAR", "from_status": "VARCHAR", "to_status": "VARCHAR", "suger_status": "VARCHAR",
+    "message": "VARCHAR", "keeps_message": "BOOLEAN", "submitted": "BOOLEAN", "retried": "BOOLEAN",
+}
+_APPLY_SQL = """UPDATE report_ledger g SET status = c.to_status,
+    suger_status = coalesce(c.suger_status, g.suger_status),
+    message = CASE WHEN c.keeps_message THEN coalesce(c.message, g.message) ELSE c.message END,
+    attempts = g.attempts + CASE WHEN c.submitted THEN 1 ELSE 0 END,
+    retries = g.retries + CASE WHEN c.retried THEN 1 ELSE 0 END,
+    sent_at = CASE WHEN c.submitted THEN CAST(? AS TIMESTAMPTZ) ELSE g.sent_at END,
+    answered_at = CASE WHEN c.submitted THEN CAST(? AS TIMESTAMPTZ) ELSE g.answered_at END,
+    updated_at = CAST(? AS TIMESTAMPTZ)
+FROM {source} c
+WHERE g.record_group_id = c.record_group_id AND g.status = c.from_status"""
+
+
+def record(conn: duckdb.DuckDBPyConnection, changes: Sequence[Change], now: datetime) -> int:
+    """Apply the changes in one statement (one transaction); returns the rows changed.
+
+    Each change is checked against the state machine first (an illegal one raises before anything is
+    written). A row whose status moved since it was read is left alone: the other writer won.
+    """
+    rows = []
+    for change in changes:
+        rule = transition(change.state, change.event)
+        rows.append((change.record_group_id, change.state, rule.to, change.suger_status, change.message,
+                     rule.keeps_message, rule.submitted, rule.retried))
+    if not rows:
+        return 0
+    params: list[Any] = [now, now, now]  # the SET clause's placeholders come first
+    if len(rows) == 1:  # one answer as soon as it arrives: no temp table for a single row
+        source = "(SELECT " + ", ".join(f"CAST(? AS {t}) AS {n}" for n, t in _CHANGE_COLUMNS.items()) + ")"
+        params += rows[0]
+    else:
+        conn.execute("CREATE OR REPLACE TEMP TABLE _ledger_changes ("
+                     + ", ".join(f"{n} {t}" for n, t in _CHANGE_COLUMNS.items()) + ")")
+        bulk_insert(conn, "_ledger_changes", _CHANGE_COLUMNS, rows)
+        source = "_ledger_changes"
+    changed = conn.execute(_APPLY_SQL.format(source=source), params).fetchone()
+    return int(changed[0]) if changed else 0
+
+
+@dataclass
+class GroupPlan:
+    record_group_id: str
+    revision: int
+    entitlement_id: str
+    customer_id: str
+    partner: str
+    records: dict[str, Decimal]
+
+
+def open_group_ids(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
+    return [r[0] for r in conn.execute(
+        f"SELECT record_group_id FROM report_ledger WHERE window_start = ? AND NOT {CLOSED_SQL}", [window.start]
+    ).fetchall()]
+
+
+def store_plan(
+    conn: duckdb.DuckDBPyConnection, window: Window, groups: Sequence[GroupPlan], matches: str, now: datetime
 ) -> None:
-    """Write Suger's answer for one group as soon as it arrives (a crash loses at most one answer)."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown ledger status {status!r}")
+    """Replace the window's open groups by ``groups`` (inserted ``pending``, with their lines) and price
+    them at the entitlement's rates through the ``matches`` relation; closed groups are history."""
+    open_ids = open_group_ids(conn, window)
+    for table in ("report_lines", "report_ledger"):
+        conn.execute(f"DELETE FROM {table} WHERE record_group_id IN (SELECT unnest(?::VARCHAR[]))", [open_ids])
+    bulk_insert(
+        conn,
+        "report_ledger",
+        {"record_group_id": "VARCHAR", "revision": "INTEGER", "window_start": "TIMESTAMPTZ",
+         "window_end": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "customer_id": "VARCHAR",
+         "partner": "VARCHAR", "timestamp": "TIMESTAMPTZ", "records": "JSON", "status": "VARCHAR",
+         "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ"},
+        [(g.record_group_id, g.revision, window.start, window.end, g.entitlement_id, g.customer_id,
+          g.partner, window.report_timestamp,
+          json.dumps({k: str(v) for k, v in sorted(g.records.items())}), "pending", now, now)
+         for g in groups],
+    )
+    bulk_insert(
+        conn,
+        "report_lines",
+        {"record_group_id": "VARCHAR", "dimension_key": "VARCHAR", "quantity": QTY},
+        [(g.record_group_id, k, v) for g in groups for k, v in g.records.items()],
+    )
+    # What each pending group is worth at the entitlement's prices: the revenue at stake if it expires.
     conn.execute(
-        """UPDATE report_ledger SET status = ?, suger_status = coalesce(?, suger_status),
-            message = ?, attempts = attempts + ?, sent_at = CASE WHEN ? THEN ? ELSE sent_at END,
-            answered_at = CASE WHEN ? THEN ? ELSE answered_at END, updated_at = ?
-        WHERE record_group_id = ?""",
-        [status, suger_status, message, 1 if sent else 0, sent, now, sent, now, now, record_group_id],
+        f"""UPDATE report_ledger g SET dollars = coalesce((
+            SELECT sum(CAST(l.quantity * m.rate AS {QTY})) FROM report_lines l
+            JOIN {matches} m ON m.entitlement_id = g.entitlement_id AND m.target = l.dimension_key
+            WHERE l.record_group_id = g.record_group_id), 0)
+        WHERE g.window_start = ? AND g.status = 'pending'""",
+        [window.start],
     )
 
+
+def flagged_groups(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tuple[str, str, str, str, str]]:
+    """(group, entitlement, partner, Suger status, message) of groups Suger marked INVALID or could not
+    forward (REPORT_FAILED), as last polled."""
+    return conn.execute(
+        """SELECT record_group_id, entitlement_id, partner, suger_status, coalesce(message, '')
+        FROM report_ledger WHERE window_start >= ? AND window_start < ?
+          AND suger_status IN ('INVALID', 'REPORT_FAILED') ORDER BY 1""",
+        [window.start, window.end],
+    ).fetchall()
+
+
+def suger_status_counts(conn: duckdb.DuckDBPyConnection, window: Window) -> dict[str, int]:
+    """Suger statuses of the groups Suger holds or refused."""
+    return dict(conn.execute(
+        """SELECT coalesce(suger_status, 'unknown'), count(*) FROM report_ledger
+        WHERE window_start >= ? AND window_start < ? AND status IN ('sent', 'accepted', 'rejected')
+        GROUP BY 1""",
+        [window.start, window.end],
+    ).fetchall())
+
+
+def expired_by_partner(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tuple[str, int, Decimal]]:
+    """(partner, groups, dollars) that expired unsent."""
+    return conn.execute(
+        """SELECT partner, count(*), coalesce(sum(dollars), 0) FROM report_ledger
+        WHERE window_start >= ? AND window_start < ? AND status = 'expired' GROUP BY 1 ORDER BY 1""",
+        [window.start, window.end],
+    ).fetchall()

@@ -1,14 +1,9 @@
 """Reported vs Metronome, per customer × entitlement × dimension of a window (``usage_verification``)."""
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-import duckdb
-
-from metronome_suger.core.conversion import MappingRow
-from metronome_suger.core.windows import Window
-from metronome_suger.storage.records import CONVERT_SQL, load_links, load_mapping
+from metronome_suger.storage.window import WindowScope
 
 
 @dataclass(frozen=True)
@@ -38,31 +33,29 @@ class Discrepancy:
         )
 
 
-def discrepancies(
-    conn: duckdb.DuckDBPyConnection, window: Window, mapping: Sequence[MappingRow]
-) -> list[Discrepancy]:
-    """Convert the window's ``_source`` (filled by the caller) and diff it with the ledger."""
-    load_links(conn, window)
-    load_mapping(conn, mapping)
-    conn.execute(CONVERT_SQL)
-    rows = conn.execute(
-        """WITH target AS (
+def discrepancies(scope: WindowScope) -> list[Discrepancy]:
+    """Diff the scope's converted source with what the ledger holds as sent or accepted."""
+    scope.source  # noqa: B018 - raises when the scope has no source: nothing to verify against
+    rows = scope.conn.execute(
+        f"""WITH target AS (
             SELECT entitlement_id, dimension_key, string_agg(DISTINCT customer_id, ',') AS customer_id,
-                   sum(quantity) AS total, max(rate) AS rate
-            FROM _converted WHERE quantity IS NOT NULL GROUP BY ALL
+                   sum(quantity) AS total
+            FROM {scope.converted} WHERE quantity IS NOT NULL GROUP BY ALL
         ), reported AS (
             SELECT g.entitlement_id, l.dimension_key, string_agg(DISTINCT g.customer_id, ',') AS customer_id,
                    sum(l.quantity) AS total
             FROM report_ledger g JOIN report_lines l USING (record_group_id)
             WHERE g.window_start = ? AND g.status IN ('sent', 'accepted') GROUP BY ALL
         )
-        SELECT coalesce(t.customer_id, r.customer_id), coalesce(t.entitlement_id, r.entitlement_id),
-               coalesce(t.dimension_key, r.dimension_key), coalesce(t.total, 0), coalesce(r.total, 0),
-               coalesce(t.rate, (SELECT max(rate) FROM _dims d WHERE d.entitlement_id = r.entitlement_id
-                                 AND (d.dimension_key = r.dimension_key OR d.dimension_name = r.dimension_key)))
+        SELECT coalesce(t.customer_id, r.customer_id), coalesce(t.entitlement_id, r.entitlement_id) AS ent,
+               coalesce(t.dimension_key, r.dimension_key) AS dim, coalesce(t.total, 0), coalesce(r.total, 0),
+               m.rate
         FROM target t FULL JOIN reported r USING (entitlement_id, dimension_key)
+        LEFT JOIN {scope.matches} m
+          ON m.entitlement_id = coalesce(t.entitlement_id, r.entitlement_id)
+         AND m.target = coalesce(t.dimension_key, r.dimension_key)
         WHERE coalesce(t.total, 0) <> coalesce(r.total, 0)
         ORDER BY 1, 2, 3""",
-        [window.start],
+        [scope.window.start],
     ).fetchall()
     return [Discrepancy(*row) for row in rows]

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID as CLIENT_USD_ID
+from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID
 from metronome_suger.core.amounts import (
-    USD_CREDIT_TYPE_ID,
     InvoiceView,
     Seen,
     cents_to_dollars,
@@ -38,9 +37,10 @@ def invoice(**changes: object) -> InvoiceView:
     base = InvoiceView(
         invoice_id="inv-a", customer_id="cust-1", invoice_type="USAGE", status="DRAFT",
         credit_type_id=USD_CREDIT_TYPE_ID, credit_type_name="USD (cents)", period_start=NOV, period_end=DEC,
-        total_cents=Decimal(10000),
+        total_cents=Decimal(10000), usd=True,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    view = replace(base, **changes)  # type: ignore[arg-type]
+    return replace(view, usd=view.credit_type_id == USD_CREDIT_TYPE_ID)  # decided at the client edge
 
 
 def reported_sums(observed: list[Decimal]) -> list[Decimal]:
@@ -142,10 +142,6 @@ def test_dollars_text() -> None:
     assert dollars_text(Decimal("0E-12")) == "$0.00"
     assert dollars_text(Decimal("0.005")) == "$0.005"
     assert dollars_text(Decimal("1234567.1")) == "$1,234,567.10"
-
-
-def test_usd_credit_type_matches_the_client() -> None:
-    assert USD_CREDIT_TYPE_ID == CLIENT_USD_ID == "2714e483-4ff1-48e4-9e25-ac732e8f24f2"
 
 
 # ---------------------------------------------------------------------------------------------------------

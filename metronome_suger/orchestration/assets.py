@@ -1,0 +1,183 @@
+"""The assets. Each body reads its inputs, calls one plain function of ``steps``, and turns the result
+into metadata."""
+
+from datetime import datetime, timezone
+from typing import Any
+
+import dagster as dg
+
+from metronome_suger.config import AppConfig
+from metronome_suger.core.amounts import cents_to_dollars, dollars_text
+from metronome_suger.core.linkage import UnknownEntitlementError
+from metronome_suger.core.windows import iso
+from metronome_suger.orchestration.keys import (
+    CLOCK,
+    CUSTOMERS,
+    DUCKDB,
+    ENTITLEMENTS,
+    GROUP,
+    INVOICES,
+    METRICS,
+    METRONOME,
+    POOL,
+    RECORDS,
+    REPORT,
+    SUGER,
+    USAGE,
+    Keys,
+)
+from metronome_suger.orchestration.partitions import context_windows, partitions_for
+from metronome_suger.steps.invoices import observe_invoices
+from metronome_suger.steps.records import Conversion, compute_records
+from metronome_suger.steps.report import report_windows
+from metronome_suger.steps.snapshots import snapshot_customers, snapshot_links, snapshot_metrics
+from metronome_suger.steps.usage import NoReportableMetric, fetch_usage
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def conversion_of(config: AppConfig) -> Conversion:
+    return Conversion(config.dimension_conversion, config.amount_mode)
+
+
+def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
+    """The snapshot assets, the billing mode's source, the records and the report."""
+    common: dict[str, Any] = {"group_name": keys.name(GROUP), "kinds": {"duckdb"}, "pool": POOL}
+    windowed: dict[str, Any] = {**common, "partitions_def": partitions_for(config)}
+    conv = conversion_of(config)
+
+    def res(context: Any, name: str) -> Any:
+        return keys.resource(context, name)
+
+    @dg.asset(key=keys.asset(CUSTOMERS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common)
+    def metronome_customers(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Metronome customers (active and archived), one snapshot per run."""
+        with res(context, METRONOME).get_client() as client:
+            out = snapshot_customers(client, res(context, DUCKDB).get_connection, _now())
+        return dg.MaterializeResult(metadata={"dagster/row_count": out.rows, "archived": out.archived,
+                                              "preview": dg.MetadataValue.md(out.preview)})
+
+    @dg.asset(key=keys.asset(METRICS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common)
+    def metronome_billable_metrics(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Suger's "Billable Metric Full List", archived included, with the whitelist flag."""
+        whitelist = config.billable_metric_whitelist
+        with res(context, METRONOME).get_client() as client:
+            out = snapshot_metrics(client, res(context, DUCKDB).get_connection, _now(),
+                                   whitelist_enabled=whitelist.enabled, whitelist=whitelist.metrics)
+        if out.problem:
+            raise dg.Failure(description=out.problem)
+        context.log.info(f"{out.whitelisted} of {out.rows} billable metrics are reportable")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": out.rows, "whitelisted": out.whitelisted, "archived": out.archived,
+            "whitelist_enabled": whitelist.enabled, "preview": dg.MetadataValue.md(out.preview)})
+
+    @dg.asset(key=keys.asset(ENTITLEMENTS), required_resource_keys=keys.resources(SUGER, DUCKDB), **common)
+    def suger_entitlements(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Metronome customer → Suger entitlement links, as Suger resolves them (re-resolved every run:
+        renewals, upsells and plan changes create new terms and entitlements)."""
+        overrides = [(link.metronome_customer_id, link.entitlement_id) for link in config.customer_links]
+        with res(context, SUGER).get_client() as client:
+            try:
+                out = snapshot_links(client, res(context, DUCKDB).get_connection, _now(), overrides)
+            except UnknownEntitlementError as exc:
+                raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"{out.links} links to {out.entitlements} entitlements on "
+                         f"{', '.join(out.partners) or 'no partner'}")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": out.links, "linked_customers": out.customers, "entitlements": out.entitlements,
+            "partners": ", ".join(out.partners), "preview": dg.MetadataValue.md(out.preview)})
+
+    @dg.asset(key=keys.asset(USAGE), deps=[keys.asset(METRICS), keys.asset(CUSTOMERS)],
+              required_resource_keys=keys.resources(METRONOME, DUCKDB), **windowed)
+    def metronome_usage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Usage per customer × metric × window for the whitelisted (or all) billable metrics."""
+        windows = context_windows(context, config.hourly)
+        with res(context, METRONOME).get_client() as client:
+            try:
+                out = fetch_usage(client, res(context, DUCKDB).get_connection, windows)
+            except NoReportableMetric as exc:
+                raise dg.Failure(description=str(exc)) from None
+        if out.unknown_metrics:
+            context.log.warning("usage returned for metrics absent from the billable metric list (not reported): "
+                                + ", ".join(out.unknown_metrics))
+        metadata: dict[str, Any] = {
+            "dagster/row_count": out.rows, "window": f"{iso(windows[0].start)}..{iso(windows[-1].end)}",
+            "null_values": out.null_values, "nonzero_rows": out.nonzero_rows,
+            "preview": dg.MetadataValue.md(out.preview),
+            **{f"total:{name}": float(total) for name, total in out.totals.items()},
+        }
+        if out.unknown_metrics:
+            metadata["unknown_metrics"] = ", ".join(out.unknown_metrics)
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(key=keys.asset(INVOICES), deps=[keys.asset(ENTITLEMENTS)],
+              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed)
+    def metronome_invoice_snapshots(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Invoice totals of linked customers per window, and the increase each window reports."""
+        with res(context, METRONOME).get_client() as client:
+            out = observe_invoices(client, res(context, DUCKDB).get_connection, context_windows(context, config.hourly),
+                                   config.invoice_change_policy, res(context, CLOCK).now())
+        if out.non_usd:
+            context.log.warning("invoices in a credit type other than USD are not reported (amount modes report "
+                                "USD only): " + "; ".join(f"customer {c}: {t}" for c, t in out.non_usd))
+        context.log.info(f"{out.customers} linked customers, {out.invoices} invoices read, {out.tracked} tracked; "
+                         f"{dollars_text(cents_to_dollars(out.new_cents))} newly observed above the high water")
+        metadata: dict[str, Any] = {
+            "dagster/row_count": out.invoices, "customers": out.customers, "customers_with_increase": out.paying,
+            "invoices_tracked": out.tracked,
+            "increase_dollars": dg.MetadataValue.float(float(cents_to_dollars(out.window_cents))),
+            "increase_dollars_exact": dollars_text(cents_to_dollars(out.window_cents)),
+            "new_increase_dollars": dg.MetadataValue.float(float(cents_to_dollars(out.new_cents))),
+            "skipped_non_usd": len(out.non_usd), "preview": dg.MetadataValue.md(out.preview),
+            **{f"skipped:{reason}": count for reason, count in out.skipped.items()},
+        }
+        if out.non_usd:
+            metadata["skipped_non_usd_details"] = dg.MetadataValue.md(
+                "\n".join(f"- customer {c}: {t}" for c, t in out.non_usd))
+        return dg.MaterializeResult(metadata=metadata)
+
+    source = metronome_invoice_snapshots if config.amount_mode else metronome_usage
+
+    @dg.asset(key=keys.asset(RECORDS), deps=[source.key, keys.asset(ENTITLEMENTS), keys.asset(METRICS)],
+              required_resource_keys=keys.resources(DUCKDB), **windowed)
+    def suger_usage_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Record groups per (entitlement, window, revision): only what is not yet at Suger."""
+        out = compute_records(res(context, DUCKDB).get_connection, context_windows(context, config.hourly), conv,
+                              org_id=config.suger.org_id, billing_mode=config.billing_mode, now=_now())
+        for line in out.over_reported:
+            context.log.warning(f"over-reported: {line}")
+        if out.problems:
+            raise dg.Failure(description="nothing is sent for these windows: " + "; ".join(out.problems),
+                             metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in out.problems))})
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": out.lines, "record_groups": out.groups,
+            "over_reported_dimensions": len(out.over_reported), "preview": dg.MetadataValue.md(out.preview),
+            **{f"quantity:{dim}": float(total) for dim, total in sorted(out.totals.items())}})
+
+    @dg.asset(key=keys.asset(REPORT), deps=[keys.asset(RECORDS)],
+              required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK), **windowed)
+    def suger_usage_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        """Hand the window's pending record groups to Suger, urgent ones first."""
+        suger, clock = res(context, SUGER), res(context, CLOCK)
+        out = report_windows(suger.get_client, res(context, DUCKDB).get_connection,
+                             context_windows(context, config.hourly), conv, org_id=config.suger.org_id,
+                             hours=config.marketplace_deadline_hours, auto_report=config.auto_report,
+                             dry_run=config.dry_run, max_workers=suger.max_workers, clock=clock.now)
+        if not config.auto_report:
+            context.log.info(f"auto_report is off: {out.to_send} groups computed and kept pending, none sent")
+        elif config.dry_run:
+            context.log.info(f"dry_run: validated {out.to_send} groups with Suger, none sent")
+        if out.expired:  # not a run failure: the report_deadline check reports it, with the dollars lost
+            context.log.warning(f"{out.expired} groups were past their marketplace deadline and were not sent")
+        metadata = {"groups_to_send": out.to_send, "sent": out.sent, "rejected": out.rejected,
+                    "not_sent_transient": out.not_sent, "expired": out.expired,
+                    "auto_report": config.auto_report, "dry_run": config.dry_run}
+        if out.problems:
+            raise dg.Failure(description=f"{len(out.problems)} problem(s) reporting to Suger: " + "; ".join(out.problems),
+                             metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [metronome_customers, metronome_billable_metrics, suger_entitlements, source, suger_usage_records,
+            suger_usage_report]

@@ -1,0 +1,121 @@
+"""Late usage: re-read windows that already ran and name those whose Metronome values (or invoice
+totals) changed, so a run of each reports the positive difference. Each tick does a bounded amount of
+work and resumes after ``after`` (a position the caller keeps between ticks)."""
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TypeVar
+
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.core.amounts import Policy, select
+from metronome_suger.core.deadlines import is_expired
+from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
+from metronome_suger.steps.invoices import read_invoices
+from metronome_suger.storage.amounts import linked_customers, seen_before
+from metronome_suger.storage.db import Connect
+from metronome_suger.storage.late_usage import (
+    amount_window_was_run,
+    changed_windows,
+    customer_partners,
+    high_waters,
+    partners_in_use,
+    run_windows,
+    stored_metrics,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Rerun:
+    partition_key: str
+    run_key: str
+    trigger: str  # late_usage | late_invoice_total
+    why: str
+
+
+@dataclass
+class Tick:
+    reruns: list[Rerun] = field(default_factory=list)
+    skip: str = ""  # why nothing (more) is requested
+    after: str | None = None  # where the next tick resumes; None: from the start
+    keep_cursor: bool = True  # False: the tick ended before reading anything (leave the cursor alone)
+
+
+def chunk(items: Sequence[T], key: Callable[[T], str], after: str | None, size: int) -> tuple[list[T], str | None]:
+    """The next ``size`` items after ``after`` (wrapping to the start), and where the next tick resumes."""
+    rest = [item for item in items if after is None or key(item) > after] or list(items)
+    part = rest[:size]
+    return part, key(part[-1]) if len(rest) > size else None
+
+
+def quantity_tick(
+    client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, start: datetime,
+    hours: dict[str, Decimal], after: str | None, per_tick: int,
+) -> Tick:
+    """Re-read the run windows some marketplace in use still accepts; a rerun per window that moved."""
+    with connect(read_only=True) as conn:
+        partners = [p for p in partners_in_use(conn) if p in hours]
+        if not partners:
+            return Tick(skip="no marketplace in use yet (no linked entitlement, nothing in the ledger)", keep_cursor=False)
+        widest = max(partners, key=lambda p: hours[p])
+        since = max(start, now - timedelta(hours=float(hours[widest])) - 2 * HOUR)
+        windows = [w for w in (window_at(s, True) for s in run_windows(conn, since, now))
+                   if w.end <= now and not is_expired(now, w.report_timestamp, widest, hours)]
+        if not windows:
+            return Tick(skip=f"no run window is still within the widest deadline in use ({widest}, {hours[widest]} h "
+                             f"after its hour): nothing to re-read", keep_cursor=False)
+        part, next_after = chunk(windows, lambda w: iso(w.start), after, per_tick)
+        metrics = stored_metrics(conn, [w.start for w in part])
+    with client() as metronome:
+        rows = metronome.list_usage(starting_on=part[0].start, ending_before=part[-1].end,
+                                    window_size="HOUR", billable_metric_ids=metrics)
+    with connect(read_only=True) as conn:
+        changes = changed_windows(conn, [w.start for w in part], metrics,
+                                  ((r.start_timestamp, r.customer_id, r.billable_metric_id, r.value) for r in rows))
+    reruns = []
+    for change in changes:
+        key = window_at(change.window_start, True).partition_key
+        reruns.append(Rerun(key, f"late-usage:{key}:{change.digest[:16]}", "late_usage",
+                            f"late usage in {key}: {change.rose} value(s) rose, {change.fell} fell; requesting a run"))
+    span = f"{len(part)} window(s) {iso(part[0].start)}..{iso(part[-1].end)}"
+    return Tick(reruns, f"re-read {span}: no usage value changed", next_after)
+
+
+def amount_tick(
+    client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, hourly: bool, settle: timedelta,
+    policy: Policy, hours: dict[str, Decimal], after: str | None, per_tick: int,
+) -> Tick:
+    """Re-run the latest closed window when a tracked invoice total passed its high water since."""
+    [window] = last_closed_windows(now, hourly, 1, settle)
+    with connect(read_only=True) as conn:
+        if not amount_window_was_run(conn, window.start):
+            return Tick(skip=f"the latest closed window {window.partition_key} has not run yet: "
+                             "its scheduled run will observe every invoice total", keep_cursor=False)
+        customers = linked_customers(conn)
+    if not customers:
+        return Tick(skip="no linked customer: no invoice total to watch", keep_cursor=False)
+    part, next_after = chunk(customers, str, after, per_tick)
+    with client() as metronome:
+        views = read_invoices(metronome, part, window.start)
+    with connect(read_only=True) as conn:
+        seen = seen_before(conn, window, [v.invoice_id for v in views])
+        totals = select(views, window, policy, seen).totals
+        high = high_waters(conn, [t.history_key for t in totals])
+        rising = [t for t in totals if t.observed_cents > high.get(t.history_key, Decimal(0))]
+        partners = customer_partners(conn, sorted({t.customer_id for t in rising}))
+    skip = f"invoice totals of {len(part)} customer(s): none passed its high water"
+    if not rising:
+        return Tick(skip=skip, after=next_after)
+    late = sorted({p for t in rising for p in partners.get(t.customer_id, [])
+                   if p in hours and is_expired(now, window.report_timestamp, p, hours)})
+    if late:
+        return Tick(skip=f"{len(rising)} invoice total(s) rose, but window {window.partition_key} is past "
+                         f"the {', '.join(late)} deadline: the next window's run reports the increase", after=next_after)
+    digest = hashlib.sha256(";".join(f"{t.history_key}={t.observed_cents}" for t in rising).encode()).hexdigest()[:16]
+    rerun = Rerun(window.partition_key, f"late-amount:{window.partition_key}:{digest}", "late_invoice_total",
+                  f"{len(rising)} invoice total(s) rose since {window.partition_key} ran; requesting a run")
+    return Tick([rerun], skip, next_after)

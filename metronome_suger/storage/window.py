@@ -1,0 +1,109 @@
+"""The temp tables of one window's work, owned by one object and reached only through it.
+
+``WindowScope`` loads, for one window: the customer → entitlement links usable in it, the mapping rows,
+the dimension matches of every mapped target (decided by ``core.conversion.match_dimension``, so SQL
+never re-derives the rule) and, when given, the window's source (customer, source key, value). The
+set-based SQL of records, gaps and verification takes the relation names from it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import duckdb
+
+from metronome_suger.core.conversion import Dimension, LinkedEntitlement, MappingRow, dimension_matches
+from metronome_suger.core.windows import Window
+from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.core.linkage import USABLE_STATUSES
+
+
+@dataclass(frozen=True)
+class Source:
+    """A relation of (customer_id, source_key, value) for one window, and the problems that forbid
+    sending anything for it (each names the customer, the key and the window)."""
+
+    relation: str
+    problems: list[str] = field(default_factory=list)
+
+
+CONVERT_SQL = """
+SELECT l.entitlement_id, l.partner, s.customer_id, s.source_key,
+       CAST(s.value AS {qty}) AS origin_quantity, m.dimension_key, m.mapping_mode,
+       m.multiplier, d.rate,
+       CASE WHEN m.mapping_mode = 'QUANTITY' THEN CAST(s.value * m.multiplier AS {qty})
+            WHEN d.rate > 0 THEN exact_div(s.value, d.rate) END AS quantity
+FROM {source} s
+JOIN {links} l ON l.customer_id = s.customer_id
+JOIN {mapping} m ON m.partner = l.partner AND m.source_key = s.source_key
+LEFT JOIN {matches} d ON d.entitlement_id = l.entitlement_id AND d.target = m.dimension_key
+WHERE s.value <> 0
+"""
+
+
+class WindowScope:
+    links = "_links"
+    mapping_table = "_mapping"
+    matches = "_matches"
+    converted = "_converted"
+
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, window: Window, mapping: Sequence[MappingRow],
+        source: Source | None = None,
+    ) -> None:
+        self.conn, self.window, self.mapping, self._source = conn, window, list(mapping), source
+        conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {self.links} AS
+            SELECT DISTINCT metronome_customer_id AS customer_id, entitlement_id, partner
+            FROM entitlements
+            WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+              AND list_contains(?::VARCHAR[], status)
+              AND (start_time IS NULL OR start_time < ?)
+              AND (end_time IS NULL OR end_time > ?)""",
+            [list(USABLE_STATUSES), window.end, window.start],
+        )
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.mapping_table} (partner VARCHAR, source_key VARCHAR, "
+                     f"dimension_key VARCHAR, mapping_mode VARCHAR, multiplier {QTY})")
+        bulk_insert(conn, self.mapping_table,
+                    {"partner": "VARCHAR", "source_key": "VARCHAR", "dimension_key": "VARCHAR",
+                     "mapping_mode": "VARCHAR", "multiplier": QTY},
+                    [(r.partner, r.source_key, r.dimension_key, r.mapping_mode, r.multiplier) for r in mapping])
+        self.entitlements = self._entitlements()
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.matches} (entitlement_id VARCHAR, target VARCHAR, "
+                     f"dimension_key VARCHAR, rate {QTY})")
+        bulk_insert(conn, self.matches,
+                    {"entitlement_id": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY},
+                    [(m.entitlement_id, m.target, m.dimension_key, m.rate)
+                     for m in dimension_matches(self.entitlements, self.mapping)])
+        if source is not None:
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.converted} AS "
+                         + CONVERT_SQL.format(qty=QTY, source=source.relation, links=self.links,
+                                              mapping=self.mapping_table, matches=self.matches))
+
+    @property
+    def source(self) -> str:
+        if self._source is None:
+            raise ValueError(f"window {self.window}: this step needs the window's source, none was loaded")
+        return self._source.relation
+
+    def _entitlements(self) -> list[LinkedEntitlement]:
+        """Every entitlement of the latest snapshot with its dimensions (linked for this window or not:
+        groups already in the ledger are priced and verified even after their link ended)."""
+        dims: dict[str, list[Dimension]] = {}
+        partner_of: dict[str, str] = {}
+        for ent_id, partner, key, name, rate in self.conn.execute(
+            """SELECT e.entitlement_id, any_value(e.partner), d.dimension_key, d.dimension_name, d.rate
+            FROM entitlements e LEFT JOIN entitlement_dimensions d
+              ON d.entitlement_id = e.entitlement_id AND d.snapshot_at = e.snapshot_at
+            WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+            GROUP BY e.entitlement_id, d.dimension_key, d.dimension_name, d.rate
+            ORDER BY 1, 3"""
+        ).fetchall():
+            partner_of[ent_id] = partner
+            if key is not None:
+                dims.setdefault(ent_id, []).append(Dimension(key, name, None if rate is None else Decimal(rate)))
+        return [LinkedEntitlement(e, p, tuple(dims.get(e, ()))) for e, p in partner_of.items()]
+
+    def linked_entitlements(self) -> list[LinkedEntitlement]:
+        usable = {r[0] for r in self.conn.execute(f"SELECT DISTINCT entitlement_id FROM {self.links}").fetchall()}
+        return [e for e in self.entitlements if e.entitlement_id in usable]
