@@ -10,6 +10,8 @@ import pytest
 
 from metronome_suger.config import AppConfig, parse_config_data
 from metronome_suger.core.conversion import (
+    Dimension,
+    DimensionMatch,
     LinkedEntitlement,
     MappingGap,
     MappingRow,
@@ -17,6 +19,8 @@ from metronome_suger.core.conversion import (
     UnknownMetricError,
     find_gaps,
     mapping_rows,
+    dimension_matches,
+    match_dimension,
     resolve_metric,
     whitelisted_ids,
 )
@@ -35,7 +39,15 @@ def make_config(**overrides: Any) -> AppConfig:
 
 
 def ent(entitlement_id: str, partner: str, rates: dict[str, Any]) -> LinkedEntitlement:
-    return LinkedEntitlement(entitlement_id, partner, frozenset(rates), rates)
+    return LinkedEntitlement(entitlement_id, partner, tuple(Dimension(k, None, r) for k, r in rates.items()))
+
+
+def rows_of(cfg: AppConfig, metrics: list[Metric]) -> list[MappingRow]:
+    return mapping_rows(cfg.dimension_conversion, metrics, amount_mode=cfg.amount_mode)
+
+
+def chosen(cfg: AppConfig, metrics: list[Metric]) -> set[str]:
+    return whitelisted_ids(cfg.billable_metric_whitelist.enabled, cfg.billable_metric_whitelist.metrics, metrics)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,21 +85,21 @@ def test_resolve_is_exact_match() -> None:
 
 def test_whitelist_off_reports_every_metric() -> None:
     cfg = make_config(billable_metric_whitelist={"enabled": False, "metrics": ["does-not-matter"]})
-    assert whitelisted_ids(cfg, METRICS) == {"m-cpu", "m-api", "m-old"}
+    assert chosen(cfg, METRICS) == {"m-cpu", "m-api", "m-old"}
 
 
 def test_whitelist_off_with_no_metrics() -> None:
-    assert whitelisted_ids(make_config(), []) == set()
+    assert chosen(make_config(), []) == set()
 
 
 def test_whitelist_on_by_name_and_id() -> None:
     cfg = make_config(billable_metric_whitelist={"enabled": True, "metrics": ["cpu_hours", "m-api"]})
-    assert whitelisted_ids(cfg, METRICS) == {"m-cpu", "m-api"}
+    assert chosen(cfg, METRICS) == {"m-cpu", "m-api"}
 
 
 def test_whitelist_on_empty_reports_nothing() -> None:
     cfg = make_config(billable_metric_whitelist={"enabled": True, "metrics": []})
-    assert whitelisted_ids(cfg, METRICS) == set()
+    assert chosen(cfg, METRICS) == set()
 
 
 def test_whitelist_unknown_names_each_unknown_metric() -> None:
@@ -95,7 +107,7 @@ def test_whitelist_unknown_names_each_unknown_metric() -> None:
         billable_metric_whitelist={"enabled": True, "metrics": ["zeta_metric", "cpu_hours", "alpha_metric"]}
     )
     with pytest.raises(UnknownMetricError) as info:
-        whitelisted_ids(cfg, METRICS)
+        chosen(cfg, METRICS)
     message = str(info.value)
     assert "zeta_metric" in message
     assert "alpha_metric" in message
@@ -118,7 +130,7 @@ def test_mapping_rows_rewrite_metric_ids_to_names() -> None:
             "GCP": {"m-api": [{"dimension_key": "requests", "multiplier": "0.001"}]},
         }
     )
-    rows = mapping_rows(cfg, METRICS)
+    rows = rows_of(cfg, METRICS)
     assert sorted(rows, key=lambda r: (r.partner, r.source_key)) == [
         MappingRow("AWS", "api_calls", "api_request", "QUANTITY", Decimal(1)),
         MappingRow("AWS", "cpu_hours", "cpu_hour", "QUANTITY", Decimal(2)),
@@ -138,7 +150,7 @@ def test_mapping_rows_one_key_to_several_dimensions() -> None:
             }
         }
     )
-    rows = mapping_rows(cfg, METRICS)
+    rows = rows_of(cfg, METRICS)
     assert [(r.partner, r.source_key, r.dimension_key, r.multiplier) for r in rows] == [
         ("AZURE", "cpu_hours", "cpu_hour", Decimal(1)),
         ("AZURE", "cpu_hours", "cpu_bonus", Decimal(3)),
@@ -147,7 +159,7 @@ def test_mapping_rows_one_key_to_several_dimensions() -> None:
 
 def test_mapping_rows_keep_unknown_keys_verbatim() -> None:
     cfg = make_config(dimension_conversion={"AWS": {"not_a_metric": [{"dimension_key": "d"}]}})
-    assert [r.source_key for r in mapping_rows(cfg, METRICS)] == ["not_a_metric"]
+    assert [r.source_key for r in rows_of(cfg, METRICS)] == ["not_a_metric"]
 
 
 @pytest.mark.parametrize("mode", ["amount_hourly", "amount_daily"])
@@ -161,7 +173,7 @@ def test_mapping_rows_keep_metronome_in_amount_modes(mode: str) -> None:
             "GCP": {"metronome": [{"dimension_key": "usage_fee", "mapping_mode": "QUANTITY", "multiplier": 100}]},
         },
     )
-    rows = mapping_rows(cfg, metrics)
+    rows = rows_of(cfg, metrics)
     assert sorted(rows, key=lambda r: r.partner) == [
         MappingRow("AWS", "metronome", "usage_fee", "AMOUNT", Decimal(1)),
         MappingRow("GCP", "metronome", "usage_fee", "QUANTITY", Decimal(100)),
@@ -169,8 +181,8 @@ def test_mapping_rows_keep_metronome_in_amount_modes(mode: str) -> None:
 
 
 def test_mapping_rows_empty_conversion() -> None:
-    assert mapping_rows(make_config(), METRICS) == []
-    assert mapping_rows(make_config(dimension_conversion={"AWS": {}, "GCP": {}}), METRICS) == []
+    assert rows_of(make_config(), METRICS) == []
+    assert rows_of(make_config(dimension_conversion={"AWS": {}, "GCP": {}}), METRICS) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,9 +334,54 @@ def test_find_gaps_accepts_iterators() -> None:
 
 def test_gaps_from_config_and_metrics_end_to_end() -> None:
     cfg = make_config(dimension_conversion={"AWS": {"m-cpu": [{"dimension_key": "cpu_hour"}]}})
-    rows = mapping_rows(cfg, METRICS)
-    keys = sorted(m.name for m in METRICS if m.id in whitelisted_ids(cfg, METRICS) and not m.archived)
+    rows = rows_of(cfg, METRICS)
+    keys = sorted(m.name for m in METRICS if m.id in chosen(cfg, METRICS) and not m.archived)
     required = [("AWS", k, "reportable") for k in keys]
     gaps = find_gaps(required, rows, [ent("e-1", "AWS", {"cpu_hour": None})])
     # cpu_hours is mapped (via its id), api_calls is not; the archived metric is not required.
     assert gaps == [MappingGap("AWS", "api_calls", reason="reportable")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# THE dimension rule: an exact key match wins; a name match only when no key matches; ambiguity is an error
+
+A1 = Dimension("a", None, Decimal(1))
+B_NAMED_A = Dimension("b", "a", Decimal(5))
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "target", "expected_key", "problem"),
+    [
+        ([A1, B_NAMED_A], "a", "a", None),  # the case: the key wins over another's name
+        ([B_NAMED_A, A1], "a", "a", None),  # whatever the order
+        ([B_NAMED_A], "a", "b", None),  # a name match when no key matches
+        ([A1], "z", None, "which does not exist"),
+        ([Dimension("x", "a"), Dimension("y", "a")], "a", None, "ambiguous (2 dimensions have that name: 'x', 'y')"),
+        ([Dimension("a", "p"), Dimension("a", "q")], "a", None, "ambiguous (2 dimensions have that key: 'a', 'a')"),
+        ([Dimension("a"), Dimension("x", "a"), Dimension("y", "a")], "a", "a", None),  # one key match settles it
+    ],
+)
+def test_match_dimension(dimensions: list[Dimension], target: str, expected_key: str | None, problem: str | None) -> None:
+    found = match_dimension(target, dimensions)
+    assert isinstance(found, DimensionMatch) and found.target == target
+    assert (found.dimension.key if found.dimension else None) == expected_key
+    if problem is None:
+        assert found.problem is None
+    else:
+        assert found.problem is not None and problem in found.problem
+
+
+def test_gaps_name_an_ambiguous_target() -> None:
+    rows = [MappingRow("AWS", "metronome", "a", "AMOUNT", Decimal(1))]
+    ents = [LinkedEntitlement("e-1", "AWS", (Dimension("x", "a", Decimal(1)), Dimension("y", "a", Decimal(2))))]
+    [gap] = find_gaps([("AWS", "metronome", "amount")], rows, ents)
+    assert (gap.dimension_key, gap.entitlement_id) == ("a", "e-1")
+    assert "ambiguous" in str(gap) and "'x'" in str(gap) and "'y'" in str(gap)
+
+
+def test_key_match_prices_with_the_keyed_dimension() -> None:
+    rows = [MappingRow("AWS", "metronome", "a", "AMOUNT", Decimal(1))]
+    ent_ = LinkedEntitlement("e-1", "AWS", (A1, B_NAMED_A))
+    assert find_gaps([("AWS", "metronome", "amount")], rows, [ent_]) == []
+    [match] = dimension_matches([ent_], rows)
+    assert (match.entitlement_id, match.target, match.dimension_key, match.rate) == ("e-1", "a", "a", Decimal(1))
