@@ -370,10 +370,10 @@ def _fmt_s(value: float | None) -> str:
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        cells = zip(row, widths)
+        cells = zip(row, widths, strict=False)
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells)))
 
 
@@ -427,7 +427,7 @@ def report(
     walls = [statistics.median(pair[i].wall_s for pair in runs) for i in range(len(labels))]
     builds = [statistics.median(pair[i].build_s for pair in runs) for i in range(len(labels))]
     table.append(["sum of steps", *(f"{s:.2f}" for s in sums)])
-    table.append(["run overhead (wall - steps)", *(f"{w - s:.2f}" for w, s in zip(walls, sums))])
+    table.append(["run overhead (wall - steps)", *(f"{w - s:.2f}" for w, s in zip(walls, sums, strict=True))])
     table.append(["build_definitions (not in wall)", *(f"{b:.2f}" for b in builds)])
     print_table(headers, table)
 

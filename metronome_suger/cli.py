@@ -1,4 +1,4 @@
-"""``metronome-suger``: sandbox | demo | dev | verify | link | status (CONTRACT §2).
+"""``metronome-suger``: sandbox | demo | dev | verify | link | status.
 
 Every command announces the configuration file in use on its first line, and turns configuration and
 API errors into one clear message and exit code 1 instead of a traceback.
@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime
 
-from metronome_suger.clients.http import ApiError
+from metronome_suger.clients.errors import ApiError
 from metronome_suger.config import ConfigError, LoadedConfig, load_config
 
 

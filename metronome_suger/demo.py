@@ -15,7 +15,7 @@ from metronome_suger.core.amounts import cents_to_dollars, dollars_text
 from metronome_suger.core.windows import Window, grain, last_closed_windows
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
-from metronome_suger.storage.db import connect
+from metronome_suger.storage.db import connect, fetch_one
 
 DEMO_DB = Path("data/demo/metronome_suger.duckdb")
 DAGSTER_YAML = "concurrency:\n  pools:\n    default_limit: 1\n"
@@ -84,10 +84,10 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
     with connect(config.duckdb_path, read_only=True) as conn:
         for s in summaries:
             w = s.window
-            customers, groups = conn.execute(
-                "SELECT count(DISTINCT customer_id), count(*) FROM report_ledger WHERE window_start = ?",
+            customers, groups = fetch_one(
+                conn, "SELECT count(DISTINCT customer_id), count(*) FROM report_ledger WHERE window_start = ?",
                 [w.start],
-            ).fetchone()
+            )
             dims = conn.execute(
                 """SELECT l.dimension_key, sum(l.quantity) FROM report_lines l
                 JOIN report_ledger g USING (record_group_id) WHERE g.window_start = ? GROUP BY 1 ORDER BY 1""",
@@ -97,10 +97,11 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 "SELECT status, count(*) FROM report_ledger WHERE window_start = ? GROUP BY 1 ORDER BY 1",
                 [w.start],
             ).fetchall()
-            last = conn.execute(
+            last = fetch_one(
+                conn,
                 "SELECT max(answered_at) FROM report_ledger WHERE window_start = ? AND status IN ('sent','accepted')",
                 [w.start],
-            ).fetchone()[0]
+            )[0]
             quantity = ", ".join(f"{k}={v.normalize():f}" for k, v in dims) or "-"
             row = [
                 w.partition_key,
@@ -112,10 +113,10 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
             ]
             if config.amount_mode:
-                cents = conn.execute(
-                    "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
+                cents = fetch_one(
+                    conn, "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
                     [w.start],
-                ).fetchone()[0]
+                )[0]
                 row.insert(2, dollars_text(cents_to_dollars(cents)))
             rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]

@@ -45,10 +45,12 @@ def verify(config: AppConfig) -> int:
     links = []
     try:
         with _suger(config) as client:
-            links = list_links(client, [(lk.metronome_customer_id, lk.entitlement_id) for lk in config.customer_links])
+            overrides = [(lk.metronome_customer_id, lk.entitlement_id) for lk in config.customer_links]
+            links = list_links(client, overrides)
             metering = client.get_usage_metering_config()
-        partners = sorted({link.entitlement.partner for link in links})
-        print(f"Suger: key accepted, {len(links)} customer → entitlement links on {', '.join(partners) or 'no partner'}")
+        partners = sorted({link.entitlement.partner for link in links if link.entitlement.partner})
+        print(f"Suger: key accepted, {len(links)} customer → entitlement links on "
+              f"{', '.join(partners) or 'no partner'}")
         for partner in partners:
             own = metering.for_partner(partner)
             if own and own.enableDimensionMapping:
@@ -72,11 +74,12 @@ def verify(config: AppConfig) -> int:
         else:
             keys = sorted(m.name for m in metrics if m.id in reportable and not m.archived)
         usable = [link for link in links if link.entitlement.status in USABLE_STATUSES]
-        partners = sorted({link.entitlement.partner for link in usable})
+        partners = sorted({link.entitlement.partner for link in usable if link.entitlement.partner})
         required = [(p, k, "reportable") for p in partners for k in keys]
         ents = [
             LinkedEntitlement(link.entitlement.id, link.entitlement.partner or "", tuple(
-                Dimension(d.key, d.name, d.rate) for d in (link.entitlement.info.dimensions if link.entitlement.info else [])
+                Dimension(d.key, d.name, d.rate)
+                for d in (link.entitlement.info.dimensions if link.entitlement.info else [])
             ))
             for link in usable
         ]

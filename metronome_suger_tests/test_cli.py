@@ -152,7 +152,7 @@ def test_sandbox_command_prints_urls_org_id_and_environment(tmp_path: Path) -> N
         assert "org id: org-sandbox" in text
         assert "export METRONOME_API_TOKEN=sandbox-metronome-token" in text
         assert "export SUGER_API_KEY=sandbox-suger-key" in text
-        url = next(l.split()[-1] for l in lines if l.startswith("Metronome emulator:"))
+        url = next(line.split()[-1] for line in lines if line.startswith("Metronome emulator:"))
         answer = httpx.get(f"{url}/v1/customers", headers={"Authorization": "Bearer sandbox-metronome-token"})
         assert answer.status_code == 200 and len(answer.json()["data"]) == 2
     finally:

@@ -3,8 +3,8 @@
 Why it exists: both APIs need the same things done right once — one ``httpx.Client`` with auth and
 timeouts, typed errors that never leak the token, retries that respect ``Retry-After`` and stop at a
 time cap, responses parsed with ``Decimal`` — plus a bounded thread pool for fan-out calls. Errors,
-the retry policy and the JSON codec live in ``errors``, ``retry`` and ``jsonio`` and are re-exported
-here.
+the retry policy, the JSON codec and the page loop live in ``errors``, ``retry``, ``jsonio`` and
+``paging``; import them from there (this module uses them but does not re-export them).
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Future,
+    ThreadPoolExecutor,
+)
 from concurrent.futures import wait as wait_futures
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import pydantic
@@ -29,13 +34,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 from metronome_suger.clients.errors import (
     SERVICE_NAMES,
     ApiError,
-    AuthError,
-    BadRequestError,
-    ConflictError,
     MalformedResponseError,
-    NotFoundError,
-    RateLimitError,
-    ServerError,
     Service,
     TransportError,
     error_class,
@@ -45,32 +44,20 @@ from metronome_suger.clients.jsonio import (
     encode_json,
     message_from_body,
     summarize_validation_error,
-    to_jsonable,
 )
+from metronome_suger.clients.paging import PageShape, paginate
 from metronome_suger.clients.retry import RetryPolicy, is_retryable, parse_retry_after
 from metronome_suger.clients.types import format_date, format_rfc3339
 
 __all__ = [
-    "ApiError",
-    "AuthError",
-    "BadRequestError",
-    "ConflictError",
     "DEFAULT_TIMEOUT",
     "DEFAULT_USER_AGENT",
     "JsonApiClient",
-    "MalformedResponseError",
-    "NotFoundError",
-    "RateLimitError",
-    "RetryPolicy",
-    "ServerError",
-    "Service",
-    "TransportError",
-    "decode_json",
-    "encode_json",
+    "auth_header",
+    "check_paging",
+    "iter_bounded",
     "map_bounded",
-    "parse_retry_after",
-    "summarize_validation_error",
-    "to_jsonable",
+    "path_segment",
 ]
 
 logger = logging.getLogger("metronome_suger.clients")
@@ -111,6 +98,13 @@ def auth_header(scheme: str, token: str | SecretStr, what: str) -> SecretStr:
     if not raw:
         raise ValueError(f"{what} is empty")
     return SecretStr(f"{scheme} {raw}")
+
+
+def path_segment(value: str) -> str:
+    """One URL path segment, percent-encoded so an id can never change the route."""
+    if not value:
+        raise ValueError("an id used in a URL path must be non-empty")
+    return quote(value, safe="")
 
 
 def check_paging(page_limit: int, max_page_limit: int, max_workers: int) -> None:
@@ -385,6 +379,29 @@ class JsonApiClient:
                 method, path, f"response does not match the expected shape: {what}"
             ) from None
 
+    def iter_pages(
+        self,
+        method: str,
+        path: str,
+        shape: PageShape[Any],
+        adapter: pydantic.TypeAdapter[list[T]],
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Iterator[T]:
+        """Yield the validated items of a paged list call, page by page (see ``paging``): each page
+        is ``params`` plus the page position from ``shape``, with the same ``json`` body."""
+        base = dict(params or {})
+
+        def fetch(position: dict[str, Any]) -> Any:
+            return self.request(method, path, params={**base, **position}, json=json)
+
+        def fail(what: str) -> MalformedResponseError:
+            return self.malformed(method, path, what)
+
+        for items in paginate(shape, fetch, fail):
+            yield from self.parse_model(adapter, items, method, path, loc_prefix=shape.items_at)
+
     def _wait_seconds(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, ApiError) and exc.retry_after is not None:
@@ -411,23 +428,28 @@ class JsonApiClient:
 # -- concurrency -----------------------------------------------------------------------------------
 
 
+def _bounded_pool(max_workers: int) -> ThreadPoolExecutor:
+    """The pool both fan-out helpers run on (threads start on demand, never more than asked)."""
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="metronome-suger")
+
+
+def _check_workers(max_workers: int) -> None:
+    if max_workers < 1:
+        raise ValueError("max_workers must be >= 1")
+
+
 def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, max_workers: int = 8) -> list[R]:
     """``[fn(x) for x in items]`` on at most ``max_workers`` threads, results in input order.
 
     The first failure (in input order among those that finished) is raised after pending work is
     cancelled; calls already running are allowed to finish (httpx calls are bounded by their
-    timeout).
+    timeout). :func:`iter_bounded` is the streaming sibling.
     """
+    _check_workers(max_workers)
     seq: Sequence[T] = list(items)
-    if max_workers < 1:
-        raise ValueError("max_workers must be >= 1")
-    if not seq:
-        return []
-    if max_workers == 1 or len(seq) == 1:
+    if max_workers == 1 or len(seq) <= 1:
         return [fn(item) for item in seq]
-    with ThreadPoolExecutor(
-        max_workers=min(max_workers, len(seq)), thread_name_prefix="metronome-suger"
-    ) as pool:
+    with _bounded_pool(min(max_workers, len(seq))) as pool:
         futures = [pool.submit(fn, item) for item in seq]
         done, pending = wait_futures(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
@@ -438,3 +460,41 @@ def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, max_workers: int = 
                 assert error is not None
                 raise error
         return [future.result() for future in futures]
+
+
+def iter_bounded(
+    fn: Callable[[T], R], items: Iterable[T], *, max_workers: int
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Run ``fn`` over ``items`` on at most ``max_workers`` threads and yield ``(item, result)`` as
+    each call completes (completion order), so the caller can act on each answer as it arrives.
+
+    A call that raises yields ``(item, exception)`` instead: the exception is returned, not raised,
+    so one failure loses none of the other answers. ``items`` is read lazily and at most
+    ``max_workers`` calls are in flight. Closing the iterator early starts no further calls and
+    waits for the ones already running.
+    """
+    _check_workers(max_workers)  # now, not at the first next()
+    return _as_completed(fn, iter(items), max_workers)
+
+
+def _as_completed(
+    fn: Callable[[T], R], todo: Iterator[T], max_workers: int
+) -> Iterator[tuple[T, R | BaseException]]:
+    running: dict[Future[R], T] = {}
+    with _bounded_pool(max_workers) as pool:
+        try:
+            while True:
+                for item in todo:
+                    running[pool.submit(fn, item)] = item
+                    if len(running) >= max_workers:
+                        break
+                if not running:
+                    return
+                done, _ = wait_futures(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    error = future.exception()
+                    yield item, (error if error is not None else future.result())
+        finally:
+            for future in running:
+                future.cancel()

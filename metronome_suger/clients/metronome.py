@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 from pydantic import SecretStr, TypeAdapter
@@ -20,41 +20,26 @@ from metronome_suger.clients.http import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
     JsonApiClient,
-    RetryPolicy,
     auth_header,
     check_paging,
     map_bounded,
+    path_segment,
 )
 from metronome_suger.clients.metronome_models import (
-    USD_CREDIT_TYPE_ID,
     BillableMetric,
     BreakdownInvoice,
-    CreditType,
     Customer,
     Invoice,
-    LineItem,
     UsageRow,
 )
+from metronome_suger.clients.paging import Page, PageShapeError
+from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.clients.types import format_rfc3339, require_aware
 
-__all__ = [
-    "DEFAULT_METRONOME_URL",
-    "USD_CREDIT_TYPE_ID",
-    "BillableMetric",
-    "BreakdownInvoice",
-    "CreditType",
-    "Customer",
-    "Invoice",
-    "LineItem",
-    "MetronomeClient",
-    "UsageRow",
-]
+__all__ = ["DEFAULT_METRONOME_URL", "MetronomeClient"]
 
 DEFAULT_METRONOME_URL = "https://api.metronome.com"
 MAX_PAGE_LIMIT = 100
-_MAX_PAGES = 100_000  # a server minting fresh cursors forever is a bug; fail instead of hanging
-
-M = TypeVar("M")
 
 _CUSTOMERS = TypeAdapter(list[Customer])
 _CUSTOMER = TypeAdapter(Customer)
@@ -75,11 +60,32 @@ def _ceil_day(value: datetime) -> datetime:
     return floor if floor == value else floor + timedelta(days=1)
 
 
-def _seg(value: str) -> str:
-    """One URL path segment, percent-encoded so an id can never change the route."""
-    if not value:
-        raise ValueError("an id used in a URL path must be non-empty")
-    return quote(value, safe="")
+@dataclass(frozen=True)
+class _CursorPages:
+    """Metronome's page shape: ``{"data": [...], "next_page": "<cursor>" | null}``, the cursor sent
+    back as the ``next_page`` query parameter. Only the cursor ends a list (empty pages are legal).
+    ``limit`` None: the endpoint takes none (``POST /v1/usage``)."""
+
+    limit: int | None
+    start: str = ""
+    noun: str = "cursor"
+    items_at: str = "data"
+
+    def params(self, position: str) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if self.limit is not None:
+            query["limit"] = self.limit
+        if position:
+            query["next_page"] = position
+        return query
+
+    def read(self, payload: Any, position: str) -> Page[str]:
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), list):
+            raise PageShapeError("expected a JSON object with a 'data' list")
+        next_page = payload.get("next_page")
+        if next_page is not None and not isinstance(next_page, str):
+            raise PageShapeError(f"'next_page' must be a string or null, got {next_page!r}")
+        return Page(payload["data"], next_page or None)
 
 
 class MetronomeClient(JsonApiClient):
@@ -114,60 +120,21 @@ class MetronomeClient(JsonApiClient):
         self.page_limit = page_limit
         self.max_workers = max_workers
 
-    # -- pagination --------------------------------------------------------------------------------
-
-    def _paginate(
-        self,
-        method: str,
-        path: str,
-        adapter: TypeAdapter[list[M]],
-        *,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        send_limit: bool = True,
-    ) -> Iterator[M]:
-        """Yield items over cursor pages, looping on ``next_page`` only (empty pages are legal)."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        for page_number in range(1, _MAX_PAGES + 1):
-            query: dict[str, Any] = dict(params or {})
-            if send_limit:
-                query["limit"] = self.page_limit
-            if cursor is not None:
-                query["next_page"] = cursor
-            payload = self.request(method, path, params=query, json=body)
-            if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), list):
-                raise self.malformed(method, path, "expected a JSON object with a 'data' list")
-            next_page = payload.get("next_page")
-            if next_page is not None and not isinstance(next_page, str):
-                raise self.malformed(
-                    method, path, f"'next_page' must be a string or null, got {next_page!r}"
-                )
-            yield from self.parse_model(adapter, payload["data"], method, path, loc_prefix="data")
-            if not next_page:
-                return
-            if next_page in seen:
-                raise self.malformed(
-                    method,
-                    path,
-                    f"pagination cursor repeated on page {page_number} ({next_page[:40]!r}); "
-                    "stopping instead of looping forever",
-                )
-            seen.add(next_page)
-            cursor = next_page
-        raise self.malformed(method, path, f"more than {_MAX_PAGES} pages; stopping")
+    def _pages(self, *, send_limit: bool = True) -> _CursorPages:
+        return _CursorPages(self.page_limit if send_limit else None)
 
     # -- customers and metrics ---------------------------------------------------------------------
 
     def list_customers(self, *, include_archived: bool = False) -> list[Customer]:
         """Active customers; with ``include_archived`` also the archived ones (Metronome needs a 2nd
         call)."""
-        customers = list(self._paginate("GET", "/v1/customers", _CUSTOMERS))
+        customers = list(self.iter_pages("GET", "/v1/customers", self._pages(), _CUSTOMERS))
         if include_archived:
             known = {c.id for c in customers}
-            for customer in self._paginate(
-                "GET", "/v1/customers", _CUSTOMERS, params={"only_archived": True}
-            ):
+            archived = self.iter_pages(
+                "GET", "/v1/customers", self._pages(), _CUSTOMERS, params={"only_archived": True}
+            )
+            for customer in archived:
                 if customer.id not in known:
                     known.add(customer.id)
                     customers.append(customer)
@@ -175,7 +142,7 @@ class MetronomeClient(JsonApiClient):
 
     def get_customer(self, customer_id: str) -> Customer:
         """One customer (``{"data": {...}}``); :class:`NotFoundError` if unknown."""
-        path = f"/v1/customers/{_seg(customer_id)}"
+        path = f"/v1/customers/{path_segment(customer_id)}"
         payload = self.request("GET", path)
         if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), Mapping):
             raise self.malformed("GET", path, "expected a JSON object with a 'data' object")
@@ -184,9 +151,10 @@ class MetronomeClient(JsonApiClient):
     def list_billable_metrics(self, *, include_archived: bool = True) -> list[BillableMetric]:
         """All billable metrics (archived included by default so history stays explainable)."""
         return list(
-            self._paginate(
+            self.iter_pages(
                 "GET",
                 "/v1/billable-metrics",
+                self._pages(),
                 _METRICS,
                 params={"include_archived": include_archived},
             )
@@ -244,7 +212,9 @@ class MetronomeClient(JsonApiClient):
             body["customer_ids"] = list(dict.fromkeys(customer_ids))
         if billable_metric_ids is not None:
             body["billable_metrics"] = [{"id": m} for m in dict.fromkeys(billable_metric_ids)]
-        rows = self._paginate("POST", "/v1/usage", _USAGE, body=body, send_limit=False)
+        rows = self.iter_pages(
+            "POST", "/v1/usage", self._pages(send_limit=False), _USAGE, json=body
+        )
         if not widened:
             return rows
         return (r for r in rows if r.start_timestamp >= start and r.end_timestamp <= end)
@@ -294,8 +264,8 @@ class MetronomeClient(JsonApiClient):
             "credit_type_id": credit_type_id,
             "sort": sort,
         }
-        path = f"/v1/customers/{_seg(customer_id)}/invoices"
-        return list(self._paginate("GET", path, _INVOICES, params=params))
+        path = f"/v1/customers/{path_segment(customer_id)}/invoices"
+        return list(self.iter_pages("GET", path, self._pages(), _INVOICES, params=params))
 
     def list_invoices_for_customers(
         self,
@@ -322,7 +292,7 @@ class MetronomeClient(JsonApiClient):
             )
 
         results = map_bounded(one, unique, max_workers=self.max_workers)
-        return dict(zip(unique, results))
+        return dict(zip(unique, results, strict=True))
 
     def list_invoice_breakdowns(
         self,
@@ -347,5 +317,5 @@ class MetronomeClient(JsonApiClient):
             "credit_type_id": credit_type_id,
             "sort": sort,
         }
-        path = f"/v1/customers/{_seg(customer_id)}/invoices/breakdowns"
-        return list(self._paginate("GET", path, _BREAKDOWNS, params=params))
+        path = f"/v1/customers/{path_segment(customer_id)}/invoices/breakdowns"
+        return list(self.iter_pages("GET", path, self._pages(), _BREAKDOWNS, params=params))

@@ -12,60 +12,39 @@ land, the retry gets 409 and is reported as ``duplicate``, never stored as a sec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 from pydantic import SecretStr, TypeAdapter
 
+from metronome_suger.clients.errors import BadRequestError, ConflictError
 from metronome_suger.clients.http import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
-    BadRequestError,
-    ConflictError,
     JsonApiClient,
-    RetryPolicy,
     auth_header,
     check_paging,
     map_bounded,
+    path_segment,
 )
+from metronome_suger.clients.paging import Page, PageShapeError
+from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.clients.suger_models import (
     Buyer,
-    BuyerInfo,
-    DimensionMappingValue,
     Entitlement,
-    EntitlementInfo,
-    MeteringDimension,
     NewUsageRecordGroup,
-    PartnerUsageMeteringConfig,
     ReportResult,
     UsageMeteringConfigInfo,
     UsageRecordGroup,
 )
 
-__all__ = [
-    "DEFAULT_SUGER_URL",
-    "Buyer",
-    "BuyerInfo",
-    "DimensionMappingValue",
-    "Entitlement",
-    "EntitlementInfo",
-    "MeteringDimension",
-    "NewUsageRecordGroup",
-    "PartnerUsageMeteringConfig",
-    "ReportResult",
-    "SugerClient",
-    "UsageMeteringConfigInfo",
-    "UsageRecordGroup",
-]
+__all__ = ["DEFAULT_SUGER_URL", "SugerClient"]
 
 DEFAULT_SUGER_URL = "https://api.suger.cloud"
 MAX_PAGE_LIMIT = 1000
-_MAX_PAGES = 100_000
-
-M = TypeVar("M")
 
 _BUYERS = TypeAdapter(list[Buyer])
 _BUYER = TypeAdapter(Buyer)
@@ -75,11 +54,62 @@ _GROUP = TypeAdapter(UsageRecordGroup)
 _CONFIG = TypeAdapter(UsageMeteringConfigInfo)
 
 
-def _seg(value: str) -> str:
-    """One URL path segment, percent-encoded so an id can never change the route."""
-    if not value:
-        raise ValueError("an id used in a URL path must be non-empty")
-    return quote(value, safe="")
+@dataclass(frozen=True)
+class _ArrayPages:
+    """Suger's plain-array lists: ``limit``/``offset`` until a short page; Go's ``null`` is an
+    empty page. A full page identical (by item ids) to the previous one means the server ignored
+    the offset."""
+
+    limit: int
+    start: int = 0
+    noun: str = "offset"
+    items_at: str = ""
+
+    def params(self, position: int) -> dict[str, Any]:
+        return {"limit": self.limit, "offset": position}
+
+    def read(self, payload: Any, position: int) -> Page[int]:
+        items = [] if payload is None else payload
+        if not isinstance(items, list):
+            raise PageShapeError("expected a JSON array")
+        fingerprint = tuple(_item_ids(items)) if items else None
+        nxt = position + len(items) if len(items) >= self.limit else None
+        return Page(items, nxt, fingerprint)
+
+
+@dataclass(frozen=True)
+class _GroupPages:
+    """``GET .../usageRecordGroup``: ``{"usageRecordGroups": [...] | null, "nextOffset": n}``.
+    An empty page ends the list; so does a ``nextOffset`` that does not advance (Suger sends 0 for
+    "nothing left"); without a usable ``nextOffset`` a short page does."""
+
+    limit: int
+    start: int = 0
+    noun: str = "offset"
+    items_at: str = "usageRecordGroups"
+
+    def params(self, position: int) -> dict[str, Any]:
+        return {"limit": self.limit, "offset": position}
+
+    def read(self, payload: Any, position: int) -> Page[int]:
+        if not isinstance(payload, Mapping):
+            raise PageShapeError("expected a JSON object with 'usageRecordGroups'")
+        items = payload.get("usageRecordGroups")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise PageShapeError("'usageRecordGroups' must be an array")
+        next_offset = payload.get("nextOffset")
+        nxt: int | None
+        if not items:
+            nxt = None
+        elif isinstance(next_offset, int) and not isinstance(next_offset, bool):
+            nxt = next_offset if next_offset > position else None
+        elif len(items) < self.limit:
+            nxt = None
+        else:
+            nxt = position + len(items)
+        return Page(items, nxt)
 
 
 def _problem_text(exc: BadRequestError) -> str:
@@ -135,45 +165,16 @@ class SugerClient(JsonApiClient):
         return f"SugerClient(base_url={self.base_url!r}, org_id={self.org_id!r})"
 
     def _org(self, suffix: str) -> str:
-        return f"/org/{_seg(self.org_id)}{suffix}"
-
-    # -- paging ------------------------------------------------------------------------------------
-
-    def _offset_pages(
-        self, path: str, adapter: TypeAdapter[list[M]], params: Mapping[str, Any] | None = None
-    ) -> Iterator[M]:
-        """Plain-array lists: ``limit``/``offset`` until a short page (Go's ``null`` counts as
-        empty)."""
-        offset = 0
-        previous_ids: list[Any] | None = None
-        for _ in range(_MAX_PAGES):
-            data = self.request(
-                "GET", path, params={**(params or {}), "limit": self.page_limit, "offset": offset}
-            )
-            if data is None:
-                data = []
-            if not isinstance(data, list):
-                raise self.malformed("GET", path, "expected a JSON array")
-            ids = _item_ids(data)
-            if data and ids == previous_ids:
-                raise self.malformed(
-                    "GET", path, f"offset {offset} returned the previous page again"
-                )
-            yield from self.parse_model(adapter, data, "GET", path)
-            if len(data) < self.page_limit:
-                return
-            previous_ids = ids
-            offset += len(data)
-        raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
+        return f"/org/{path_segment(self.org_id)}{suffix}"
 
     # -- buyers ------------------------------------------------------------------------------------
 
     def list_buyers(self) -> list[Buyer]:
         """Every buyer of the org (Suger cannot filter by Metronome id; index client-side)."""
-        return list(self._offset_pages(self._org("/buyer"), _BUYERS))
+        return list(self.iter_pages("GET", self._org("/buyer"), _ArrayPages(self.page_limit), _BUYERS))
 
     def get_buyer(self, buyer_id: str) -> Buyer:
-        path = self._org(f"/buyer/{_seg(buyer_id)}")
+        path = self._org(f"/buyer/{path_segment(buyer_id)}")
         return self.parse_model(_BUYER, self.request("GET", path), "GET", path)
 
     def link_metronome_customer(self, buyer_id: str, metronome_customer_id: str) -> Buyer:
@@ -181,7 +182,7 @@ class SugerClient(JsonApiClient):
         PATCH)."""
         if not metronome_customer_id:
             raise ValueError("metronome_customer_id must be non-empty")
-        path = self._org(f"/buyer/{_seg(buyer_id)}")
+        path = self._org(f"/buyer/{path_segment(buyer_id)}")
         data = self.request("PATCH", path, json={"metronomeCustomerId": metronome_customer_id})
         return self.parse_model(_BUYER, data, "PATCH", path)
 
@@ -192,7 +193,10 @@ class SugerClient(JsonApiClient):
     ) -> list[Entitlement]:
         """Entitlements, optionally of one buyer and/or marketplace (``AWS``/``AZURE``/``GCP``)."""
         params = {"buyerId": buyer_id or None, "partner": partner or None}
-        return list(self._offset_pages(self._org("/entitlement"), _ENTITLEMENTS, params))
+        path = self._org("/entitlement")
+        return list(
+            self.iter_pages("GET", path, _ArrayPages(self.page_limit), _ENTITLEMENTS, params=params)
+        )
 
     def list_entitlements_for_buyers(
         self, buyer_ids: Sequence[str]
@@ -203,7 +207,7 @@ class SugerClient(JsonApiClient):
         results = map_bounded(
             lambda b: self.list_entitlements(buyer_id=b), unique, max_workers=self.max_workers
         )
-        return dict(zip(unique, results))
+        return dict(zip(unique, results, strict=True))
 
     # -- usage record groups -----------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class SugerClient(JsonApiClient):
                 f"group organizationID {group.organizationID!r} "
                 f"is not this client's org {self.org_id!r}"
             )
-        path = self._org(f"/entitlement/{_seg(group.entitlementID)}/usageRecordGroup")
+        path = self._org(f"/entitlement/{path_segment(group.entitlementID)}/usageRecordGroup")
         try:
             data = self.request("POST", path, json=group.to_body())
         except ConflictError as exc:
@@ -249,47 +253,19 @@ class SugerClient(JsonApiClient):
         """Stored groups (Suger's default window is the last 30 days), paging on
         ``offset``/``nextOffset``."""
         path = self._org("/usageRecordGroup")
-        base = {
+        params = {
             "entitlementId": entitlement_id or None,
             "status": status or None,
             "startDate": start_date,
             "endDate": end_date,
         }
-        out: list[UsageRecordGroup] = []
-        offset = 0
-        for _ in range(_MAX_PAGES):
-            payload = self.request(
-                "GET", path, params={**base, "limit": self.page_limit, "offset": offset}
-            )
-            if not isinstance(payload, Mapping):
-                raise self.malformed("GET", path, "expected a JSON object with 'usageRecordGroups'")
-            items = payload.get("usageRecordGroups")
-            if items is None:
-                items = []
-            if not isinstance(items, list):
-                raise self.malformed("GET", path, "'usageRecordGroups' must be an array")
-            page: list[UsageRecordGroup] = self.parse_model(
-                _GROUPS, items, "GET", path, loc_prefix="usageRecordGroups"
-            )
-            out.extend(page)
-            next_offset = payload.get("nextOffset")
-            if not items:
-                break
-            if isinstance(next_offset, int) and not isinstance(next_offset, bool):
-                if next_offset <= offset:  # 0 (Suger's "nothing left") or not advancing
-                    break
-                offset = next_offset
-            elif len(items) < self.page_limit:
-                break
-            else:
-                offset += len(items)
-        else:
-            raise self.malformed("GET", path, f"more than {_MAX_PAGES} pages; stopping")
-        return out
+        return list(
+            self.iter_pages("GET", path, _GroupPages(self.page_limit), _GROUPS, params=params)
+        )
 
     def retry_usage_record_group(self, group_id: str) -> UsageRecordGroup:
         """Put a ``REPORT_FAILED`` group back to ``CREATED`` for Suger's next hourly report."""
-        path = self._org(f"/usageRecordGroup/{_seg(group_id)}/retry")
+        path = self._org(f"/usageRecordGroup/{path_segment(group_id)}/retry")
         return self.parse_model(_GROUP, self.request("POST", path), "POST", path)
 
     # -- metering config ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Partner = Literal["AWS", "AZURE", "GCP"]
 AMOUNT_SOURCE_KEY = "metronome"  # the amount modes report invoice dollars under this source key
@@ -82,7 +82,7 @@ def whitelisted_ids(enabled: bool, keys: Sequence[str], metrics: Sequence[Metric
 
 
 def mapping_rows(
-    conversion: Mapping[str, Mapping[str, Sequence[Target]]], metrics: Sequence[Metric], *, amount_mode: bool
+    conversion: Mapping[Any, Mapping[str, Sequence[Target]]], metrics: Sequence[Metric], *, amount_mode: bool
 ) -> list[MappingRow]:
     """Flatten the configured conversion; metric ids used as keys are rewritten to metric names."""
     rows = []

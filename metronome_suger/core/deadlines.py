@@ -6,9 +6,9 @@ hourly group at the very moment its window closes, before it can be read.
 """
 
 from collections.abc import Mapping
-from typing import Any
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 URGENT = timedelta(hours=1)  # a group this close to its deadline is sent before the others
 

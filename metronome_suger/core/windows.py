@@ -1,4 +1,4 @@
-"""One place decides the time window of a partition and the ``timestamp`` Suger gets for it (CONTRACT §5)."""
+"""One place decides the time window of a partition and the ``timestamp`` Suger gets for it."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass

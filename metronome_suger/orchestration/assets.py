@@ -175,8 +175,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
                     "not_sent_transient": out.not_sent, "expired": out.expired,
                     "auto_report": config.auto_report, "dry_run": config.dry_run}
         if out.problems:
-            raise dg.Failure(description=f"{len(out.problems)} problem(s) reporting to Suger: " + "; ".join(out.problems),
-                             metadata=metadata)
+            raise dg.Failure(metadata=metadata, description=f"{len(out.problems)} problem(s) reporting to Suger: "
+                             + "; ".join(out.problems))
         return dg.MaterializeResult(metadata=metadata)
 
     return [metronome_customers, metronome_billable_metrics, suger_entitlements, source, suger_usage_records,

@@ -5,12 +5,12 @@ from typing import Any
 import dagster as dg
 
 from metronome_suger.config import AppConfig
-from metronome_suger.orchestration.keys import GROUP, JOB, Keys
+from metronome_suger.orchestration.keys import GROUP, JOB, NO_PREFIX, Keys
 
 JOB_NAME = JOB
 
 
-def build_job(config: AppConfig, keys: Keys = Keys()) -> Any:  # dagster does not export the unresolved job type
+def build_job(config: AppConfig, keys: Keys = NO_PREFIX) -> Any:  # dagster does not export the unresolved job type
     return dg.define_asset_job(
         keys.name(JOB),
         selection=dg.AssetSelection.groups(keys.name(GROUP)),

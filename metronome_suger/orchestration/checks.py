@@ -3,6 +3,7 @@
 one plain function and turns its result into a check result."""
 
 from decimal import Decimal
+from typing import Any
 
 import dagster as dg
 
@@ -28,7 +29,8 @@ def _money(value: Decimal) -> str:
 
 def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition]:
     conv = conversion_of(config)
-    common = {"partitions_def": partitions_for(config), "pool": POOL, "required_resource_keys": keys.resources(DUCKDB)}
+    common: dict[str, Any] = {"partitions_def": partitions_for(config), "pool": POOL,
+                              "required_resource_keys": keys.resources(DUCKDB)}
 
     def connect(context: dg.AssetCheckExecutionContext):  # type: ignore[no-untyped-def]
         return keys.resource(context, DUCKDB).get_connection
@@ -70,8 +72,8 @@ def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition
         """What Suger holds vs what Metronome's stored values convert to, per customer × dimension:
         over- and under-reporting in units and dollars (pending, rejected or expired groups show as under)."""
         found = verify_windows(connect(context), context_windows(context, config.hourly), conv)
-        over = sum((d.dollars or 0 for _, d in found if d.difference > 0), Decimal(0))
-        under = sum((-(d.dollars or 0) for _, d in found if d.difference < 0), Decimal(0))
+        over = sum((d.dollars or Decimal(0) for _, d in found if d.difference > 0), Decimal(0))
+        under = sum((-(d.dollars or Decimal(0)) for _, d in found if d.difference < 0), Decimal(0))
         return dg.AssetCheckResult(
             passed=not found, severity=dg.AssetCheckSeverity.WARN,
             description="reported equals Metronome for every customer and dimension" if not found

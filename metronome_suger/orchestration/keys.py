@@ -45,3 +45,6 @@ class Keys:
 
     def resource(self, context: Any, name: str) -> Any:
         return getattr(context.resources, self.name(name))
+
+
+NO_PREFIX = Keys()

@@ -21,6 +21,7 @@ from metronome_suger.orchestration.keys import (
     DUCKDB,
     LATE_USAGE_SENSOR,
     METRONOME,
+    NO_PREFIX,
     STATUS_SENSOR,
     SUGER,
     Keys,
@@ -41,7 +42,7 @@ TRIGGER_TAG = "metronome_suger/trigger"
 BUSY = "the DuckDB file is locked by a run; trying again next tick"
 
 
-def build_sensors(config: AppConfig, job: Any, keys: Keys = Keys()) -> list[dg.SensorDefinition]:
+def build_sensors(config: AppConfig, job: Any, keys: Keys = NO_PREFIX) -> list[dg.SensorDefinition]:
     return [build_late_usage_sensor(config, job, keys=keys), build_status_sensor(config, keys=keys)]
 
 
@@ -72,7 +73,7 @@ def _sensor_result(context: dg.SensorEvaluationContext, tick: Tick, note: str | 
 
 def build_late_usage_sensor(
     config: AppConfig, job: Any, *, windows_per_tick: int = WINDOWS_PER_TICK,
-    customers_per_tick: int = CUSTOMERS_PER_TICK, lock_timeout: float = LOCK_TIMEOUT_SECONDS, keys: Keys = Keys(),
+    customers_per_tick: int = CUSTOMERS_PER_TICK, lock_timeout: float = LOCK_TIMEOUT_SECONDS, keys: Keys = NO_PREFIX,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=keys.name(LATE_USAGE_SENSOR), job=job, minimum_interval_seconds=TICK_INTERVAL_SECONDS,
@@ -87,7 +88,8 @@ def build_late_usage_sensor(
         if not duckdb.exists():
             return dg.SkipReason("no window has run yet: nothing to re-read")
         connect = functools.partial(duckdb.get_connection, lock_timeout=lock_timeout)
-        now, after, hours = keys.resource(context, CLOCK).now(), _read_cursor(context.cursor), config.marketplace_deadline_hours
+        now, after = keys.resource(context, CLOCK).now(), _read_cursor(context.cursor)
+        hours = config.marketplace_deadline_hours
         try:
             if config.amount_mode:
                 tick = amount_tick(metronome.get_client, connect, now, hourly=config.hourly,
@@ -100,7 +102,8 @@ def build_late_usage_sensor(
             if not is_lock_error(exc):
                 raise
             return dg.SkipReason(BUSY)
-        note = None if config.auto_report else "auto_report is off: runs requested here store new groups and send nothing"
+        note = None if config.auto_report else (
+            "auto_report is off: runs requested here store new groups and send nothing")
         return _sensor_result(context, tick, note)
 
     return metronome_late_usage_sensor
@@ -108,7 +111,7 @@ def build_late_usage_sensor(
 
 def build_status_sensor(
     config: AppConfig, *, lock_timeout: float = LOCK_TIMEOUT_SECONDS, retries_per_tick: int = RETRIES_PER_TICK,
-    keys: Keys = Keys(),
+    keys: Keys = NO_PREFIX,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=keys.name(STATUS_SENSOR), minimum_interval_seconds=TICK_INTERVAL_SECONDS,

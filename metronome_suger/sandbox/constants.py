@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID
+
 METRONOME_TOKEN: Final = "sandbox-metronome-token"
 SUGER_API_KEY: Final = "sandbox-suger-key"
 ORG_ID: Final = "org-sandbox"
@@ -14,6 +16,6 @@ DEFAULT_HOST: Final = "127.0.0.1"
 METRONOME_PORT: Final = 8701
 SUGER_PORT: Final = 8702
 USD_CREDIT_TYPE: Final[dict[str, str]] = {
-    "id": "2714e483-4ff1-48e4-9e25-ac732e8f24f2",
+    "id": USD_CREDIT_TYPE_ID,
     "name": "USD (cents)",
 }

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from metronome_suger.sandbox.faults import Faults
 from metronome_suger.sandbox.metronome_http import (
     ApiError,
     bad_request,
@@ -31,7 +32,6 @@ from metronome_suger.sandbox.metronome_http import (
     state_of,
     window_size,
 )
-from metronome_suger.sandbox.faults import Faults
 from metronome_suger.sandbox.metronome_state import MetronomeState
 from metronome_suger.sandbox.metronome_usage_routes import ingest, usage, usage_groups
 from metronome_suger.sandbox.wire import DAY, HOUR, parse_rfc3339

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from starlette.requests import Request

@@ -3,11 +3,11 @@ totals) changed, so a run of each reports the positive difference. Each tick doe
 work and resumes after ``after`` (a position the caller keeps between ticks)."""
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.core.amounts import Policy, select
@@ -54,13 +54,14 @@ def chunk(items: Sequence[T], key: Callable[[T], str], after: str | None, size: 
 
 def quantity_tick(
     client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, start: datetime,
-    hours: dict[str, Decimal], after: str | None, per_tick: int,
+    hours: Mapping[Any, Decimal], after: str | None, per_tick: int,
 ) -> Tick:
     """Re-read the run windows some marketplace in use still accepts; a rerun per window that moved."""
     with connect(read_only=True) as conn:
         partners = [p for p in partners_in_use(conn) if p in hours]
         if not partners:
-            return Tick(skip="no marketplace in use yet (no linked entitlement, nothing in the ledger)", keep_cursor=False)
+            return Tick(skip="no marketplace in use yet (no linked entitlement, nothing in the ledger)",
+                        keep_cursor=False)
         widest = max(partners, key=lambda p: hours[p])
         since = max(start, now - timedelta(hours=float(hours[widest])) - 2 * HOUR)
         windows = [w for w in (window_at(s, True) for s in run_windows(conn, since, now))
@@ -87,7 +88,7 @@ def quantity_tick(
 
 def amount_tick(
     client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, hourly: bool, settle: timedelta,
-    policy: Policy, hours: dict[str, Decimal], after: str | None, per_tick: int,
+    policy: Policy, hours: Mapping[Any, Decimal], after: str | None, per_tick: int,
 ) -> Tick:
     """Re-run the latest closed window when a tracked invoice total passed its high water since."""
     [window] = last_closed_windows(now, hourly, 1, settle)
@@ -114,7 +115,8 @@ def amount_tick(
                    if p in hours and is_expired(now, window.report_timestamp, p, hours)})
     if late:
         return Tick(skip=f"{len(rising)} invoice total(s) rose, but window {window.partition_key} is past "
-                         f"the {', '.join(late)} deadline: the next window's run reports the increase", after=next_after)
+                         f"the {', '.join(late)} deadline: the next window's run reports the increase",
+                    after=next_after)
     digest = hashlib.sha256(";".join(f"{t.history_key}={t.observed_cents}" for t in rising).encode()).hexdigest()[:16]
     rerun = Rerun(window.partition_key, f"late-amount:{window.partition_key}:{digest}", "late_invoice_total",
                   f"{len(rising)} invoice total(s) rose since {window.partition_key} ran; requesting a run")

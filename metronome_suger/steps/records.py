@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import duckdb
 
@@ -24,7 +25,7 @@ class Conversion:
     """What the window steps need of the configuration: the dimension conversion and the billing mode's
     source (usage per metric, or invoice dollars under ``metronome``)."""
 
-    conversion: Mapping[str, Mapping[str, Sequence[Target]]]
+    conversion: Mapping[Any, Mapping[str, Sequence[Target]]]
     amount_mode: bool
 
     def mapping(self, conn: duckdb.DuckDBPyConnection) -> list[MappingRow]:

@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.clients.http import iter_bounded
@@ -48,7 +49,7 @@ def answer_change(group: LedgerGroup, answer: ReportResult | BaseException) -> C
 
 
 def _due(
-    connect: Connect, windows: Sequence[Window], conv: Conversion, hours: Mapping[str, Decimal], now: datetime,
+    connect: Connect, windows: Sequence[Window], conv: Conversion, hours: Mapping[Any, Decimal], now: datetime,
     out: ReportOutcome,
 ) -> list[LedgerGroup]:
     """The windows' pending groups still inside their deadline, urgent first; the others expire."""
@@ -72,7 +73,7 @@ def _due(
 
 def report_windows(
     client: Callable[[], SugerClient], connect: Connect, windows: Sequence[Window], conv: Conversion, *,
-    org_id: str, hours: Mapping[str, Decimal], auto_report: bool, dry_run: bool, max_workers: int,
+    org_id: str, hours: Mapping[Any, Decimal], auto_report: bool, dry_run: bool, max_workers: int,
     clock: Callable[[], datetime],
 ) -> ReportOutcome:
     """Send (or, with ``dry_run``, validate) the windows' pending groups; ``auto_report`` off sends nothing."""

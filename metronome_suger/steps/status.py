@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.clients.suger import SugerClient
@@ -17,7 +18,7 @@ POLL_PERIOD = timedelta(days=30)  # Suger lists the last 30 days by default; old
 FAILED = "Suger could not report it to the marketplace (REPORT_FAILED)"
 
 
-def _message(group: LedgerGroup, event: Event, hours: Mapping[str, Decimal], no_retry: str | None) -> str | None:
+def _message(group: LedgerGroup, event: Event, hours: Mapping[Any, Decimal], no_retry: str | None) -> str | None:
     if event == Event.REPORTED and group.retries:
         return f"reported by Suger after {group.retries} retr{'y' if group.retries == 1 else 'ies'}"
     return {
@@ -58,7 +59,7 @@ class PollOutcome:
 
 
 def poll_statuses(
-    client: Callable[[], SugerClient], connect: Connect, now: datetime, hours: Mapping[str, Decimal], *,
+    client: Callable[[], SugerClient], connect: Connect, now: datetime, hours: Mapping[Any, Decimal], *,
     no_retry: str | None, retries_per_tick: int,
 ) -> PollOutcome:
     """One tick. ``no_retry`` names why the retry endpoint must not be called (auto_report off, dry run)."""
@@ -78,7 +79,8 @@ def poll_statuses(
             event = status_event(listed.get(gid), previous=group.suger_status, expired=expired,
                                  retries=group.retries, may_retry=no_retry is None)
             if event is not None:
-                changes.append(Change(gid, group.status, event, listed.get(gid), _message(group, event, hours, no_retry)))
+                changes.append(Change(gid, group.status, event, listed.get(gid),
+                                      _message(group, event, hours, no_retry)))
         retries = sorted((c for c in changes if c.event == Event.RETRY),
                          key=lambda c: send_order(now, waiting[c.record_group_id].timestamp,
                                                   waiting[c.record_group_id].partner, hours))

@@ -32,7 +32,8 @@ def fetch_usage(client: MetronomeClient, connect: Connect, windows: list[Window]
         raise NoReportableMetric("no reportable billable metric: materialize metronome_billable_metrics first, "
                                  "or check billable_metric_whitelist")
     # The client asks for whole UTC days (Metronome's rule for these bounds) and keeps our hours.
-    rows = client.list_usage(starting_on=start, ending_before=end, window_size="HOUR", billable_metric_ids=sorted(known))
+    rows = client.list_usage(starting_on=start, ending_before=end, window_size="HOUR",
+                             billable_metric_ids=sorted(known))
     fetched = datetime.now(timezone.utc)
     unknown = sorted({f"{r.billable_metric_name} ({r.billable_metric_id})" for r in rows
                       if r.billable_metric_id not in known})

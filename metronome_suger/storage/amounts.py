@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
 from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
-from metronome_suger.core.windows import Window
+from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
 from metronome_suger.core.linkage import USABLE_STATUSES
+from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
 from metronome_suger.storage.window import Source
 

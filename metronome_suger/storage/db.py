@@ -82,7 +82,7 @@ def bulk_insert(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for row in rows:
-                out.write(json.dumps({n: _jsonable(v) for n, v in zip(names, row)}))
+                out.write(json.dumps({n: _jsonable(v) for n, v in zip(names, row, strict=True)}))
                 out.write("\n")
                 count += 1
         if count:
@@ -96,6 +96,14 @@ def bulk_insert(
     finally:
         os.unlink(tmp)
     return count
+
+
+def fetch_one(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """The one row of an aggregate query (which always has one)."""
+    row = conn.execute(sql, list(params)).fetchone()
+    if row is None:
+        raise LookupError(f"no row from: {sql}")
+    return row
 
 
 def table_markdown(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = (), limit: int = 20) -> str:

@@ -1,4 +1,4 @@
-"""Tables of CONTRACT §7. Snapshot tables keep history (one row set per ``snapshot_at``)."""
+"""The tables. Snapshot tables keep history (one row set per ``snapshot_at``)."""
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS customers (

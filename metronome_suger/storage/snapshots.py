@@ -30,7 +30,7 @@ def store_metrics(
                        [(at, *row) for row in rows])
 
 
-LinkRow = tuple[str, str | None, str, str, str | None, datetime | None, datetime | None, str | None, str]
+LinkRow = tuple[str, str | None, str, str | None, str | None, datetime | None, datetime | None, str | None, str]
 DimensionRow = tuple[str, str, str | None, Decimal | None]
 
 

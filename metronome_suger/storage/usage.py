@@ -65,7 +65,9 @@ def usage_source(conn: duckdb.DuckDBPyConnection, window: Window) -> Source:
           AND u.window_start = ?""",
         [window.start],
     )
-    negatives = conn.execute("SELECT customer_id, source_key, value FROM _source WHERE value < 0 ORDER BY 1, 2").fetchall()
+    negatives = conn.execute(
+        "SELECT customer_id, source_key, value FROM _source WHERE value < 0 ORDER BY 1, 2"
+    ).fetchall()
     return Source("_source", [
         f"negative usage {value} for customer {customer} metric '{metric}' in window {window}"
         for customer, metric, value in negatives

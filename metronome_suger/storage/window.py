@@ -13,9 +13,9 @@ from decimal import Decimal
 import duckdb
 
 from metronome_suger.core.conversion import Dimension, LinkedEntitlement, MappingRow, dimension_matches
+from metronome_suger.core.linkage import USABLE_STATUSES
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
-from metronome_suger.core.linkage import USABLE_STATUSES
 
 
 @dataclass(frozen=True)

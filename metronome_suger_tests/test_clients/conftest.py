@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from metronome_suger.clients import MetronomeClient, RetryPolicy, SugerClient
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.retry import RetryPolicy
+from metronome_suger.clients.suger import SugerClient
 
 NOW = datetime(2026, 11, 25, 14, tzinfo=timezone.utc)
 

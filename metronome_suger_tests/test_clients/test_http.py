@@ -17,20 +17,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, TypeAdapter
 
-from metronome_suger.clients import (
+from metronome_suger.clients.errors import (
     ApiError,
-    Customer,
     MalformedResponseError,
-    MetronomeClient,
     NotFoundError,
-    RetryPolicy,
-    SugerClient,
     TransportError,
-    format_rfc3339,
-    map_bounded,
-    parse_rfc3339,
 )
-from metronome_suger.clients.http import decode_json, encode_json, parse_retry_after
+from metronome_suger.clients.http import iter_bounded, map_bounded
+from metronome_suger.clients.jsonio import decode_json, encode_json
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.metronome_models import Customer
+from metronome_suger.clients.retry import RetryPolicy, parse_retry_after
+from metronome_suger.clients.suger import SugerClient
+from metronome_suger.clients.types import format_rfc3339, parse_rfc3339
 
 from .conftest import RecordingSleep
 
@@ -296,6 +295,51 @@ def test_map_bounded_propagates_the_first_failure_and_cancels_pending_work() -> 
     with pytest.raises(RuntimeError, match="boom 1"):
         map_bounded(work, range(200), max_workers=2)
     assert len(started) < 200
+
+
+def test_iter_bounded_streams_answers_returns_failures_and_bounds_concurrency() -> None:
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+    first_three = threading.Barrier(3, timeout=5)  # trips only if three calls run at once
+    answered = threading.Event()  # set once the caller holds an answer
+
+    def work(n: int) -> int:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            if n < 3:
+                first_three.wait()
+            if n == 0 and not answered.wait(timeout=5):
+                raise AssertionError("no answer reached the caller while item 0 was running")
+            if n == 4:
+                raise ValueError("boom 4")
+            return n * n
+        finally:
+            with lock:
+                active -= 1
+
+    outcomes: list[tuple[int, int | BaseException]] = []
+    for item, outcome in iter_bounded(work, range(12), max_workers=3):
+        outcomes.append((item, outcome))
+        answered.set()
+
+    assert outcomes[0][0] != 0  # answers arrive as they complete, not in input order
+    assert sorted(item for item, _ in outcomes) == list(range(12))
+    by_item = dict(outcomes)
+    failure = by_item.pop(4)
+    assert isinstance(failure, ValueError) and str(failure) == "boom 4"
+    assert by_item == {n: n * n for n in range(12) if n != 4}
+    assert peak == 3
+
+
+def test_iter_bounded_edge_cases() -> None:
+    assert list(iter_bounded(lambda x: x, [], max_workers=2)) == []
+    assert list(iter_bounded(lambda x: x + 1, [1], max_workers=1)) == [(1, 2)]
+    with pytest.raises(ValueError):
+        iter_bounded(lambda x: x, [1], max_workers=0)  # refused at the call, before iterating
 
 
 def test_map_bounded_edge_cases() -> None:

@@ -13,14 +13,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from metronome_suger.clients import (
-    USD_CREDIT_TYPE_ID,
+from metronome_suger.clients.errors import (
     BadRequestError,
+    MalformedResponseError,
+    NotFoundError,
+)
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.metronome_models import (
+    USD_CREDIT_TYPE_ID,
     BreakdownInvoice,
     Invoice,
-    MalformedResponseError,
-    MetronomeClient,
-    NotFoundError,
     UsageRow,
 )
 
@@ -53,7 +55,7 @@ def test_list_customers_matches_the_emulator_and_parses_every_field(
     expected = [c for c in sandbox.metronome.customers() if c["archived_at"] is None]
     customers = metronome.list_customers()
     assert [c.id for c in customers] == [c["id"] for c in expected]
-    for got, want in zip(customers, expected):
+    for got, want in zip(customers, expected, strict=True):
         assert got.name == want["name"] and got.external_id == want["external_id"]
         assert (
             got.ingest_aliases == want["ingest_aliases"]

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from metronome_suger.clients import (
+from metronome_suger.clients.errors import (
     ApiError,
-    JsonApiClient,
     MalformedResponseError,
     RateLimitError,
-    RetryPolicy,
     ServerError,
     TransportError,
 )
+from metronome_suger.clients.http import JsonApiClient
+from metronome_suger.clients.retry import RetryPolicy
 
 from .conftest import RecordingSleep, make_metronome, make_suger
 

@@ -9,9 +9,17 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from metronome_suger.clients import AuthError, MetronomeClient, ServerError, SugerClient
+from metronome_suger.clients.errors import AuthError, ServerError
+from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.suger import SugerClient
 
-from .conftest import RecordingSleep, make_metronome, make_suger, metronome_token, suger_key
+from .conftest import (
+    RecordingSleep,
+    make_metronome,
+    make_suger,
+    metronome_token,
+    suger_key,
+)
 
 
 def _assert_absent(secret: str, *texts: str) -> None:

@@ -16,20 +16,14 @@ from suger_sdk_python.models import (
     IdentityBuyer,
     ListUsageRecordGroupsResponse,
     MeteringUsageRecordGroup,
-    NewUsageRecordGroup as SdkNewUsageRecordGroup,
-    UsageMeteringConfigInfo as SdkUsageMeteringConfigInfo,
     WorkloadEntitlement,
 )
+from suger_sdk_python.models import NewUsageRecordGroup as SdkNewUsageRecordGroup
+from suger_sdk_python.models import UsageMeteringConfigInfo as SdkUsageMeteringConfigInfo
 
-from metronome_suger.clients import (
-    AuthError,
-    BadRequestError,
-    Entitlement,
-    NewUsageRecordGroup,
-    NotFoundError,
-    ReportResult,
-    SugerClient,
-)
+from metronome_suger.clients.errors import AuthError, BadRequestError, NotFoundError
+from metronome_suger.clients.suger import SugerClient
+from metronome_suger.clients.suger_models import Entitlement, NewUsageRecordGroup, ReportResult
 
 from .conftest import NOW, RecordingSleep, make_suger, suger_key
 

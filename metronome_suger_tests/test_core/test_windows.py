@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -174,7 +175,7 @@ def test_windows_in_is_contiguous_and_sorted() -> None:
     windows = list(windows_in(dt(2026, 11, 1), dt(2026, 11, 3), hourly=True))
     assert len(windows) == 48
     assert windows == sorted(windows)
-    for a, b in zip(windows, windows[1:]):
+    for a, b in itertools.pairwise(windows):
         assert a.end == b.start
 
 
@@ -242,7 +243,7 @@ def test_last_closed_windows_never_includes_an_open_window() -> None:
         assert len(windows) == 6
         assert all(w.end + settle <= now for w in windows)
         assert windows == sorted(windows)
-        for a, b in zip(windows, windows[1:]):
+        for a, b in itertools.pairwise(windows):
             assert a.end == b.start
 
 

@@ -54,5 +54,5 @@ def test_a_target_two_dimensions_name_is_a_named_configuration_error(
            f"entitlement {ent}" in check.description
     proc = cli(pipeline, tmp_path, "verify")
     assert proc.returncode == 1
-    assert f"problem: AWS: 'spend' maps to dimension 'a', which is ambiguous" in proc.stdout
+    assert "problem: AWS: 'spend' maps to dimension 'a', which is ambiguous" in proc.stdout
     assert ent in proc.stdout
