@@ -27,7 +27,6 @@ from metronome_suger.clients.http import (
 )
 from metronome_suger.clients.metronome_models import (
     BillableMetric,
-    BreakdownInvoice,
     Customer,
     Invoice,
     UsageRow,
@@ -46,7 +45,6 @@ _CUSTOMER = TypeAdapter(Customer)
 _METRICS = TypeAdapter(list[BillableMetric])
 _USAGE = TypeAdapter(list[UsageRow])
 _INVOICES = TypeAdapter(list[Invoice])
-_BREAKDOWNS = TypeAdapter(list[BreakdownInvoice])
 
 _WINDOW_SIZES = {"HOUR", "DAY", "NONE"}
 
@@ -294,28 +292,3 @@ class MetronomeClient(JsonApiClient):
         results = map_bounded(one, unique, max_workers=self.max_workers)
         return dict(zip(unique, results, strict=True))
 
-    def list_invoice_breakdowns(
-        self,
-        customer_id: str,
-        *,
-        starting_on: datetime,
-        ending_before: datetime,
-        window_size: str = "HOUR",
-        status: str | None = None,
-        credit_type_id: str | None = None,
-        sort: str = "date_asc",
-    ) -> list[BreakdownInvoice]:
-        """Per-window invoice slices; unique key is (``id``, ``breakdown_start_timestamp``)."""
-        size = window_size.upper()
-        if size not in ("HOUR", "DAY"):
-            raise ValueError(f"window_size must be HOUR or DAY, got {window_size!r}")
-        params = {
-            "starting_on": require_aware(starting_on, "starting_on"),
-            "ending_before": require_aware(ending_before, "ending_before"),
-            "window_size": size,
-            "status": status,
-            "credit_type_id": credit_type_id,
-            "sort": sort,
-        }
-        path = f"/v1/customers/{path_segment(customer_id)}/invoices/breakdowns"
-        return list(self.iter_pages("GET", path, self._pages(), _BREAKDOWNS, params=params))

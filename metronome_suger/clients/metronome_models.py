@@ -18,7 +18,6 @@ from metronome_suger.clients.types import ApiModel, UtcDatetime
 __all__ = [
     "USD_CREDIT_TYPE_ID",
     "BillableMetric",
-    "BreakdownInvoice",
     "CreditType",
     "Customer",
     "Invoice",
@@ -82,10 +81,6 @@ class CreditType(ApiModel):
     id: str
     name: str | None = None
 
-    @property
-    def is_usd_cents(self) -> bool:
-        return self.id == USD_CREDIT_TYPE_ID
-
 
 class LineItem(ApiModel):
     """An invoice line; ``total``/``unit_price`` are in ``credit_type`` units (cents for USD)."""
@@ -129,8 +124,3 @@ class Invoice(ApiModel):
         return self.credit_type.id == USD_CREDIT_TYPE_ID
 
 
-class BreakdownInvoice(Invoice):
-    """One (invoice, window) slice: ``id`` repeats across windows; totals are the window's."""
-
-    breakdown_start_timestamp: UtcDatetime
-    breakdown_end_timestamp: UtcDatetime

@@ -27,7 +27,6 @@ from metronome_suger.clients.http import (
     JsonApiClient,
     auth_header,
     check_paging,
-    map_bounded,
     path_segment,
 )
 from metronome_suger.clients.paging import Page, PageShapeError
@@ -197,17 +196,6 @@ class SugerClient(JsonApiClient):
         return list(
             self.iter_pages("GET", path, _ArrayPages(self.page_limit), _ENTITLEMENTS, params=params)
         )
-
-    def list_entitlements_for_buyers(
-        self, buyer_ids: Sequence[str]
-    ) -> dict[str, list[Entitlement]]:
-        """:meth:`list_entitlements` per buyer on at most ``max_workers`` threads (input order
-        kept)."""
-        unique = list(dict.fromkeys(buyer_ids))
-        results = map_bounded(
-            lambda b: self.list_entitlements(buyer_id=b), unique, max_workers=self.max_workers
-        )
-        return dict(zip(unique, results, strict=True))
 
     # -- usage record groups -----------------------------------------------------------------------
 

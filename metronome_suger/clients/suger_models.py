@@ -107,13 +107,6 @@ class Entitlement(ApiModel):
     def _null_info(cls, value: Any) -> Any:
         return _none_as_empty(value, {})
 
-    def dimension(self, key: str) -> MeteringDimension | None:
-        """The dimension with this key (or, failing that, this name)."""
-        for dim in self.info.dimensions:
-            if dim.key == key:
-                return dim
-        return next((d for d in self.info.dimensions if d.name == key), None)
-
 
 def _check_records(records: dict[str, Decimal]) -> dict[str, Decimal]:
     for key, value in records.items():

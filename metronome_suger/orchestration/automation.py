@@ -7,8 +7,6 @@ import dagster as dg
 from metronome_suger.config import AppConfig
 from metronome_suger.orchestration.keys import GROUP, JOB, NO_PREFIX, Keys
 
-JOB_NAME = JOB
-
 
 def build_job(config: AppConfig, keys: Keys = NO_PREFIX) -> Any:  # dagster does not export the unresolved job type
     return dg.define_asset_job(

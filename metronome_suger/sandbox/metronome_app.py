@@ -1,4 +1,4 @@
-"""The Metronome emulator: the read/ingest surface of metronome-api.md §10 as a Starlette app.
+"""The Metronome emulator: the read and ingest surface this project uses, as a Starlette app.
 
 Field names, wrappers (`{"data": ...}`), cursor placement and error shapes follow the real API,
 so the project's client and the official SDK can both be tested against it.

@@ -21,7 +21,6 @@ from metronome_suger.clients.errors import (
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.metronome_models import (
     USD_CREDIT_TYPE_ID,
-    BreakdownInvoice,
     Invoice,
     UsageRow,
 )
@@ -349,25 +348,6 @@ def test_list_invoices_for_20_customers_is_concurrent_bounded_and_ordered(
         f"/v1/customers/{cid}/invoices" for cid in ids
     }
     assert 1 < peak <= 4
-
-
-def test_invoice_breakdowns(sandbox: Any, metronome: MetronomeClient) -> None:
-    customer = _add_customer(sandbox, "Hourly Co")
-    invoice = _invoice_for(sandbox, customer["id"], Decimal("500"))
-    start = NOW - 3 * HOUR
-    rows = metronome.list_invoice_breakdowns(customer["id"], starting_on=start, ending_before=NOW)
-    mine = [r for r in rows if r.id == invoice["id"]]
-    assert all(isinstance(r, BreakdownInvoice) for r in rows)
-    assert [r.breakdown_start_timestamp for r in mine] == [start, start + HOUR, start + 2 * HOUR]
-    assert all(r.breakdown_end_timestamp == r.breakdown_start_timestamp + HOUR for r in mine)
-    assert all(isinstance(r.total, Decimal) for r in mine)
-    query = _query(
-        sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices/breakdowns")[-1]
-    )
-    assert query["window_size"] == ["HOUR"]
-    assert query["starting_on"] == ["2026-11-25T11:00:00Z"] and query["ending_before"] == [
-        "2026-11-25T14:00:00Z"
-    ]
 
 
 # -- malformed -------------------------------------------------------------------------------------
