@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(BIN)/metronome-suger demo
 
 test: $(STAMP)
+	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks
+	$(BIN)/mypy metronome_suger
 	$(BIN)/python -m pytest
 
 dev: $(STAMP)

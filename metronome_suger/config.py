@@ -1,4 +1,4 @@
-"""The one configuration model (CONTRACT §3), shared by the YAML file, the CLI and the Dagster definitions.
+"""The one configuration model, shared by the YAML file, the CLI and the Dagster definitions (and component).
 
 Loading order: the file named by ``METRONOME_SUGER_CONFIG``, else ``./metronome_suger.yaml``, else the
 bundled sandbox configuration. Every error names the key and the file, so a user can fix it without
@@ -7,6 +7,7 @@ reading a traceback. Secrets are never in the file: only the *names* of the envi
 
 import ipaddress
 import os
+import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -15,28 +16,31 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+
+from metronome_suger.core.conversion import Partner
 
 CONFIG_ENV_VAR = "METRONOME_SUGER_CONFIG"
 LOCAL_CONFIG_NAME = "metronome_suger.yaml"
 BUNDLED_CONFIG = Path(__file__).parent / "sandbox" / "sandbox.yaml"
 
-Partner = Literal["AWS", "AZURE", "GCP"]
-PARTNERS: tuple[Partner, ...] = ("AWS", "AZURE", "GCP")
 BillingMode = Literal["quantity", "amount_hourly", "amount_daily"]
-AMOUNT_SOURCE_KEY = "metronome"
-DEFAULT_DEADLINE_HOURS: dict[str, Decimal] = {
+InvoiceChangePolicy = Literal["period", "invoice"]
+DEFAULT_DEADLINE_HOURS: dict[Partner, Decimal] = {
     "AWS": Decimal(6),
     "AZURE": Decimal(24),
     "GCP": Decimal(1),
 }
+_NAME_SEGMENT = r"[A-Za-z0-9_]+"
 
 
 class ConfigError(Exception):
@@ -66,17 +70,48 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_name_segment(value: str) -> str:
+    if not re.fullmatch(_NAME_SEGMENT, value):
+        raise ValueError(
+            f"must be a Dagster name segment (letters, digits and underscores only, not empty), got {value!r}"
+        )
+    return value
+
+
+# One element of an asset key (what ``key_prefix`` holds): checked here, so a typo fails at load time.
+NameSegment = Annotated[
+    str, AfterValidator(_check_name_segment), WithJsonSchema({"type": "string", "pattern": f"^{_NAME_SEGMENT}$"})
+]
+
+
+_URL_RULE = "https:// is required; plain http:// is accepted only for a loopback host (the local sandbox)."
+
+
 class MetronomeSettings(_Strict):
-    base_url: str = "https://api.metronome.com"
-    api_token_env: str = "METRONOME_API_TOKEN"
+    """Where the Metronome API is, and which environment variable holds its token."""
+
+    base_url: str = Field("https://api.metronome.com", description=f"Metronome API base URL. {_URL_RULE}")
+    api_token_env: str = Field(
+        "METRONOME_API_TOKEN",
+        description="NAME of the environment variable that holds the Metronome API token; "
+        "the token itself is never in the file.",
+    )
 
     _url = field_validator("base_url")(_check_base_url)
 
 
 class SugerSettings(_Strict):
-    base_url: str = "https://api.suger.cloud"
-    org_id: str = Field(min_length=1)
-    api_key_env: str = "SUGER_API_KEY"
+    """Where the Suger API is, the Suger organization, and which environment variable holds its key."""
+
+    base_url: str = Field("https://api.suger.cloud", description=f"Suger API base URL. {_URL_RULE}")
+    org_id: str = Field(
+        min_length=1, description="Suger organization id: the organization whose entitlements receive the usage."
+    )
+    api_key_env: str = Field(
+        "SUGER_API_KEY",
+        description="NAME of the environment variable that holds the Suger API key (sent as "
+        "'Authorization: Key <value>'); the key itself is never in the file.",
+    )
 
     _url = field_validator("base_url")(_check_base_url)
 
@@ -84,46 +119,107 @@ class SugerSettings(_Strict):
 class DimensionMapping(_Strict):
     """Suger's ``dimensionMappingV2`` value: one target dimension of a source key."""
 
-    dimension_key: str = Field(min_length=1)
-    mapping_mode: Literal["QUANTITY", "AMOUNT"] = "QUANTITY"
-    multiplier: Annotated[Decimal, Field(ge=0)] = Decimal(1)
+    dimension_key: str = Field(
+        min_length=1, description="Key of the marketplace dimension (on the Suger entitlement) to report to."
+    )
+    mapping_mode: Literal["QUANTITY", "AMOUNT"] = Field(
+        "QUANTITY",
+        description="QUANTITY sends quantity x multiplier; AMOUNT sends dollars / rate, with rate the unit "
+        "price of that dimension on the linked entitlement.",
+    )
+    multiplier: Annotated[Decimal, Field(ge=0)] = Field(
+        Decimal(1), description="Factor applied to the source value (an exact decimal, 0 or more)."
+    )
+
+
+# Per marketplace: source key (a billable metric name or id, or ``metronome``) -> its target dimensions.
+DimensionConversion = dict[Partner, dict[str, list[DimensionMapping]]]
 
 
 class Whitelist(_Strict):
-    enabled: bool = False
-    metrics: list[str] = Field(default_factory=list)
+    """Which Metronome billable metrics are reported."""
+
+    enabled: bool = Field(False, description="Report only the listed metrics; false reports every metric.")
+    metrics: list[str] = Field(
+        default_factory=list, description="Metronome billable metric names or ids to report when enabled."
+    )
 
 
 class CustomerLink(_Strict):
-    metronome_customer_id: str = Field(min_length=1)
-    entitlement_id: str = Field(min_length=1)
+    """An explicit Metronome customer → Suger entitlement link."""
+
+    metronome_customer_id: str = Field(min_length=1, description="Metronome customer id.")
+    entitlement_id: str = Field(
+        min_length=1, description="Suger entitlement that receives this customer's usage."
+    )
 
 
 class StorageSettings(_Strict):
-    duckdb_path: str = "data/metronome_suger.duckdb"
+    """Where the pipeline keeps its state."""
+
+    duckdb_path: str = Field(
+        "data/metronome_suger.duckdb",
+        description="DuckDB file holding snapshots, records and the report ledger; a relative path is "
+        "relative to the working directory.",
+    )
 
 
 class AppConfig(_Strict):
-    """CONTRACT §3. ``dry_run`` validates groups with Suger instead of sending them."""
+    """The whole configuration: one Suger organization metered from one Metronome account."""
 
-    metronome: MetronomeSettings = Field(default_factory=MetronomeSettings)
-    suger: SugerSettings
-    billing_mode: BillingMode = "quantity"
-    auto_report: bool = True
-    dry_run: bool = False
-    start: datetime
-    settle_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 15
-    billable_metric_whitelist: Whitelist = Field(default_factory=Whitelist)
-    dimension_conversion: dict[Partner, dict[str, list[DimensionMapping]]] = Field(
-        default_factory=dict
+    metronome: MetronomeSettings = Field(
+        default_factory=MetronomeSettings, description="Metronome API: base URL and the token's variable."
     )
-    customer_links: list[CustomerLink] = Field(default_factory=list)
-    invoice_change_policy: Literal["period", "invoice"] = "period"
+    suger: SugerSettings = Field(description="Suger API: organization id, base URL and the API key's variable.")
+    billing_mode: BillingMode = Field(
+        "quantity",
+        description="quantity: metered quantities per hour; amount_hourly / amount_daily: the rise of "
+        "Metronome invoice totals (dollars) per hour / per day.",
+    )
+    auto_report: bool = Field(
+        True, description="false: compute and store record groups but never send them to Suger."
+    )
+    dry_run: bool = Field(
+        False, description="true: validate record groups with Suger (batchValidate) instead of sending them."
+    )
+    start: datetime = Field(
+        description="First partition: a whole UTC hour (ISO 8601, e.g. 2026-11-01T00:00:00Z)."
+    )
+    settle_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = Field(
+        15,
+        description="Minutes to wait after a window closes before reading it (below 60 for hourly modes).",
+    )
+    billable_metric_whitelist: Whitelist = Field(
+        default_factory=Whitelist, description="Report only some Metronome billable metrics."
+    )
+    dimension_conversion: DimensionConversion = Field(
+        default_factory=dict,
+        description="Per marketplace (AWS, AZURE, GCP): source key (a billable metric name or id, or "
+        "'metronome' for the invoice dollars of the amount modes) -> the dimensions it is reported as.",
+    )
+    customer_links: list[CustomerLink] = Field(
+        default_factory=list,
+        description="Explicit links that replace the buyer-derived links of the Metronome customers they name.",
+    )
+    invoice_change_policy: InvoiceChangePolicy = Field(
+        "period",
+        description="Amount modes: keep the highest invoice total per billing period (period) or per "
+        "Metronome invoice (invoice, Suger's rule: a re-issued invoice is reported again).",
+    )
     marketplace_deadline_hours: dict[Partner, Annotated[Decimal, Field(gt=0)]] = Field(
-        default_factory=dict
+        default_factory=dict,
+        description="Hours after a usage hour within which each marketplace accepts it; missing "
+        "marketplaces default to AWS 6, AZURE 24, GCP 1.",
     )
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 8
-    storage: StorageSettings = Field(default_factory=StorageSettings)
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        8, description="Most requests in flight at once to each API (Metronome, Suger): 1 to 64."
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings, description="Where state is kept.")
+    key_prefix: list[NameSegment] = Field(
+        default_factory=list,
+        description="Asset key prefix, e.g. [acme] (none by default): lets two Suger organizations, i.e. two "
+        "configuration files, live in one Dagster code location.",
+    )
 
     @field_validator("start")
     @classmethod
@@ -147,7 +243,7 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _fill_deadlines(self) -> "AppConfig":
-        merged = {**DEFAULT_DEADLINE_HOURS, **self.marketplace_deadline_hours}
+        merged: dict[Partner, Decimal] = {**DEFAULT_DEADLINE_HOURS, **self.marketplace_deadline_hours}
         object.__setattr__(self, "marketplace_deadline_hours", merged)
         return self
 

@@ -1,16 +1,18 @@
-"""CONTRACT §3: the configuration file, its validation errors, secrets and the loading order."""
+"""The configuration file: its keys and descriptions, its validation errors, secrets and the loading order."""
 
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+import inspect
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from metronome_suger import config as config_module
 from metronome_suger.config import (
@@ -21,7 +23,7 @@ from metronome_suger.config import (
     read_secret,
 )
 
-# The CONTRACT §3 example, verbatim.
+# The documented example: every key, with its comment.
 CONTRACT_EXAMPLE = """\
 metronome:
   base_url: https://api.metronome.com     # default
@@ -110,7 +112,7 @@ def test_contract_example_loads_with_right_values_and_types(tmp_path: Path) -> N
     assert cfg.duckdb_path == Path("data/metronome_suger.duckdb")
 
     assert cfg.start == datetime(2026, 11, 1, tzinfo=timezone.utc)
-    assert cfg.start.utcoffset().total_seconds() == 0
+    assert cfg.start.utcoffset() == timedelta(0)
 
     aws = cfg.dimension_conversion["AWS"]
     assert set(aws) == {"cpu_hours", "metronome"}
@@ -190,7 +192,7 @@ def test_start_is_normalised_to_utc(tmp_path: Path, start: str) -> None:
     data["start"] = start
     cfg = load_config(write_yaml(tmp_path, data)).config
     assert cfg.start == datetime(2026, 11, 1, tzinfo=timezone.utc)
-    assert cfg.start.tzinfo is not None and cfg.start.utcoffset().total_seconds() == 0
+    assert cfg.start.tzinfo is not None and cfg.start.utcoffset() == timedelta(0)
 
 
 def test_unquoted_yaml_timestamp_start(tmp_path: Path) -> None:
@@ -285,6 +287,8 @@ BAD_INPUTS = [
         "customer_links.0.entitlement_id",
         id="link-missing-entitlement",
     ),
+    pytest.param(_set(("key_prefix",), ["acme", "a-b"]), "key_prefix.1", id="key-prefix-hyphen"),
+    pytest.param(_set(("key_prefix",), "acme"), "key_prefix", id="key-prefix-not-a-list"),
 ]
 
 
@@ -374,7 +378,7 @@ def test_undecodable_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_config_is_immutable(tmp_path: Path) -> None:
     cfg = load_config(write_yaml(tmp_path, example_data())).config
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.billing_mode = "amount_daily"  # type: ignore[misc]
     assert cfg.billing_mode == "quantity"
 
@@ -546,3 +550,73 @@ def test_settle_minutes_must_fit_in_an_hourly_window() -> None:
     with pytest.raises(ConfigError, match=r"cfg\.yaml: settle_minutes must be below 60 for billing_mode quantity"):
         parse_config_data(base, origin="cfg.yaml")
     assert parse_config_data({**base, "billing_mode": "amount_daily"}, origin="cfg.yaml").settle_minutes == 75
+
+
+# ---------------------------------------------------------------------------------------------------------
+# key_prefix: asset key segments, so two configurations can share one code location
+
+
+def test_key_prefix_defaults_to_none(tmp_path: Path) -> None:
+    assert load_config(write_yaml(tmp_path, example_data())).config.key_prefix == []
+
+
+@pytest.mark.parametrize("prefix", [["acme"], ["acme", "eu_west_1"], ["ORG_2"], ["2026"]])
+def test_key_prefix_of_name_segments(tmp_path: Path, prefix: list[str]) -> None:
+    cfg = load_config(write_yaml(tmp_path, {**example_data(), "key_prefix": prefix})).config
+    assert cfg.key_prefix == prefix
+
+
+@pytest.mark.parametrize("segment", ["a-b", "", "two words", "a/b", "a.b", "caf\u00e9", "acme\n"])
+def test_key_prefix_rejects_what_is_not_a_name_segment(tmp_path: Path, segment: str) -> None:
+    _, message = load_error(tmp_path, _set(("key_prefix",), ["ok", segment]))
+    assert "key 'key_prefix.1'" in message
+    assert "Dagster name segment (letters, digits and underscores only" in message
+    assert repr(segment) in message
+
+
+def test_key_prefix_schema_states_the_rule() -> None:
+    items = AppConfig.model_json_schema()["properties"]["key_prefix"]["items"]
+    assert items == {"type": "string", "pattern": "^[A-Za-z0-9_]+$"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Descriptions: every key says what it does (the component's schema and `dg` show them)
+
+
+def _models(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for field in model.model_fields.values():
+        for arg in _types_in(field.annotation):
+            if inspect.isclass(arg) and issubclass(arg, BaseModel):
+                yield from _models(arg)
+
+
+def _types_in(annotation: Any) -> Iterator[Any]:
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()):
+        yield from _types_in(arg)
+
+
+def test_every_key_of_every_model_has_a_description() -> None:
+    models = set(_models(AppConfig))
+    assert {m.__name__ for m in models} == {
+        "AppConfig", "MetronomeSettings", "SugerSettings", "DimensionMapping", "Whitelist", "CustomerLink",
+        "StorageSettings",
+    }
+    for model in models:
+        for name, field in model.model_fields.items():
+            assert field.description and len(field.description) > 10, f"{model.__name__}.{name}"
+            assert "CONTRACT" not in field.description
+
+
+@pytest.mark.parametrize(
+    ("model", "key"), [(config_module.MetronomeSettings, "api_token_env"), (config_module.SugerSettings, "api_key_env")]
+)
+def test_secret_keys_say_the_secret_is_not_in_the_file(model: type[BaseModel], key: str) -> None:
+    description = model.model_fields[key].description or ""
+    assert "NAME of the environment variable" in description and "never in the file" in description
+
+
+def test_no_reference_to_documents_outside_the_repository() -> None:
+    source = Path(config_module.__file__).read_text(encoding="utf-8")
+    assert "CONTRACT" not in source and "§" not in source
