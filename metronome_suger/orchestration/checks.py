@@ -13,6 +13,7 @@ from metronome_suger.orchestration.assets import conversion_of
 from metronome_suger.orchestration.keys import DUCKDB, POOL, RECORDS, REPORT, Keys
 from metronome_suger.orchestration.partitions import context_windows, partitions_for
 from metronome_suger.steps.records import check_linkage, check_mapping, verify_windows
+from metronome_suger.storage.db import Connect
 from metronome_suger.storage.ledger import expired_by_partner, flagged_groups, suger_status_counts
 
 
@@ -32,12 +33,13 @@ def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition
     common: dict[str, Any] = {"partitions_def": partitions_for(config), "pool": POOL,
                               "required_resource_keys": keys.resources(DUCKDB)}
 
-    def connect(context: dg.AssetCheckExecutionContext):  # type: ignore[no-untyped-def]
+    def connect(context: dg.AssetCheckExecutionContext) -> Connect:
         return keys.resource(context, DUCKDB).get_connection
 
-    def span(context: dg.AssetCheckExecutionContext) -> tuple[list[Window], Window]:
+    def span(context: dg.AssetCheckExecutionContext) -> Window:
+        """All the windows of the run as one interval."""
         windows = context_windows(context, config.hourly)
-        return windows, Window(windows[0].start, windows[-1].end)
+        return Window(windows[0].start, windows[-1].end)
 
     @dg.asset_check(asset=keys.asset(RECORDS), blocking=True, **common)
     def mapping_completeness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -86,7 +88,7 @@ def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition
     @dg.asset_check(asset=keys.asset(REPORT), **common)
     def suger_record_status(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         """Groups Suger marked INVALID or failed to forward (REPORT_FAILED), as last polled."""
-        _, window = span(context)
+        window = span(context)
         with connect(context)() as conn:
             rows, counts = flagged_groups(conn, window), suger_status_counts(conn, window)
         lines = [f"group {g} ({p}, entitlement {e}): {s} {m}".strip() for g, e, p, s, m in rows]
@@ -100,7 +102,7 @@ def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition
     @dg.asset_check(asset=keys.asset(REPORT), **common)
     def report_deadline(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         """Groups that missed their marketplace deadline: never sent, and the revenue they carried."""
-        _, window = span(context)
+        window = span(context)
         with connect(context)() as conn:
             rows = expired_by_partner(conn, window)
         total = sum((r[2] for r in rows), Decimal(0))
