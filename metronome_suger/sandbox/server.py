@@ -256,7 +256,11 @@ def serve_forever(**kwargs: Any) -> None:
         for name, value in sandbox.env().items():
             print(f"export {name}={value}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        threading.Event().wait()
+        # A timed wait, not a bare one: the kernel may deliver SIGINT to a server thread, and Python runs
+        # the handler (KeyboardInterrupt) only when the main thread wakes up to run bytecode.
+        idle = threading.Event()
+        while not idle.wait(timeout=0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
