@@ -54,18 +54,24 @@ _CONFIG = TypeAdapter(UsageMeteringConfigInfo)
 
 
 @dataclass(frozen=True)
-class _ArrayPages:
-    """Suger's plain-array lists: ``limit``/``offset`` until a short page; Go's ``null`` is an
-    empty page. A full page identical (by item ids) to the previous one means the server ignored
-    the offset."""
+class _OffsetPages:
+    """Suger asks for a page by ``limit`` and ``offset``; the subclasses read its two payload shapes."""
 
     limit: int
     start: int = 0
     noun: str = "offset"
-    items_at: str = ""
 
     def params(self, position: int) -> dict[str, Any]:
         return {"limit": self.limit, "offset": position}
+
+
+@dataclass(frozen=True)
+class _ArrayPages(_OffsetPages):
+    """Suger's plain-array lists: ``limit``/``offset`` until a short page; Go's ``null`` is an
+    empty page. A full page identical (by item ids) to the previous one means the server ignored
+    the offset."""
+
+    items_at: str = ""
 
     def read(self, payload: Any, position: int) -> Page[int]:
         items = [] if payload is None else payload
@@ -77,18 +83,12 @@ class _ArrayPages:
 
 
 @dataclass(frozen=True)
-class _GroupPages:
+class _GroupPages(_OffsetPages):
     """``GET .../usageRecordGroup``: ``{"usageRecordGroups": [...] | null, "nextOffset": n}``.
     An empty page ends the list; so does a ``nextOffset`` that does not advance (Suger sends 0 for
     "nothing left"); without a usable ``nextOffset`` a short page does."""
 
-    limit: int
-    start: int = 0
-    noun: str = "offset"
     items_at: str = "usageRecordGroups"
-
-    def params(self, position: int) -> dict[str, Any]:
-        return {"limit": self.limit, "offset": position}
 
     def read(self, payload: Any, position: int) -> Page[int]:
         if not isinstance(payload, Mapping):
