@@ -9,7 +9,7 @@ from typing import Any
 
 import duckdb
 
-from metronome_suger.core.conversion import MappingRow, Target, mapping_rows
+from metronome_suger.core.conversion import Target, mapping_rows
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.amounts import amount_source
 from metronome_suger.storage.db import Connect, table_markdown
@@ -17,7 +17,7 @@ from metronome_suger.storage.gaps import mapping_gaps, multi_linked, unlinked_us
 from metronome_suger.storage.records import plan_groups
 from metronome_suger.storage.usage import latest_metrics, usage_source
 from metronome_suger.storage.verification import Discrepancy, discrepancies
-from metronome_suger.storage.window import Source, WindowScope
+from metronome_suger.storage.window import MappingTables, Source, WindowScope
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,16 @@ class Conversion:
     conversion: Mapping[Any, Mapping[str, Sequence[Target]]]
     amount_mode: bool
 
-    def mapping(self, conn: duckdb.DuckDBPyConnection) -> list[MappingRow]:
-        return mapping_rows(self.conversion, latest_metrics(conn), amount_mode=self.amount_mode)
+    def tables(self, conn: duckdb.DuckDBPyConnection) -> MappingTables:
+        """The run's mapping rows (metric ids resolved against the latest metric snapshot) and matches."""
+        return MappingTables(conn, mapping_rows(self.conversion, latest_metrics(conn), amount_mode=self.amount_mode))
 
     def source(self, conn: duckdb.DuckDBPyConnection, window: Window) -> Source:
         return amount_source(conn, window) if self.amount_mode else usage_source(conn, window)
 
-    def scope(self, conn: duckdb.DuckDBPyConnection, window: Window, mapping: Sequence[MappingRow],
-              with_source: bool = True) -> WindowScope:
-        source = self.source(conn, window) if with_source else None
-        return WindowScope(conn, window, mapping, source)
+    def scope(self, tables: MappingTables, window: Window) -> WindowScope:
+        """The window's scope with its source loaded (whatever problems the source has)."""
+        return WindowScope(tables, window, self.source(tables.conn, window))
 
 
 @dataclass
@@ -57,13 +57,13 @@ def compute_records(
     """Record groups per (entitlement, window, revision): only what is not yet at Suger."""
     out = RecordsOutcome()
     with connect() as conn:
-        mapping = conv.mapping(conn)
+        tables = conv.tables(conn)
         for window in windows:
             source = conv.source(conn, window)
             if source.problems:
                 out.problems += source.problems
                 continue
-            result = plan_groups(WindowScope(conn, window, mapping, source), org_id=org_id,
+            result = plan_groups(WindowScope(tables, window, source), org_id=org_id,
                                  billing_mode=billing_mode, now=now)
             out.groups += len(result.groups)
             out.lines += result.lines
@@ -85,16 +85,15 @@ def compute_records(
     return out
 
 
-def gaps_by_window(conn: duckdb.DuckDBPyConnection, windows: Sequence[Window], conv: Conversion) -> list[str]:
-    """Every mapping gap of the windows, each prefixed by its window's partition key."""
-    mapping = conv.mapping(conn)
-    return [f"{w.partition_key}: {gap}" for w in windows
-            for gap in mapping_gaps(conv.scope(conn, w, mapping, with_source=False), conv.amount_mode)]
+def window_gaps(tables: MappingTables, window: Window, amount_mode: bool) -> list[str]:
+    """The window's mapping gaps, each prefixed by its partition key."""
+    return [f"{window.partition_key}: {gap}" for gap in mapping_gaps(WindowScope(tables, window), amount_mode)]
 
 
 def check_mapping(connect: Connect, windows: Sequence[Window], conv: Conversion) -> list[str]:
     with connect() as conn:
-        return gaps_by_window(conn, windows, conv)
+        tables = conv.tables(conn)
+        return [gap for window in windows for gap in window_gaps(tables, window, conv.amount_mode)]
 
 
 @dataclass
@@ -109,9 +108,9 @@ def check_linkage(connect: Connect, windows: Sequence[Window], conv: Conversion)
     linked to several entitlements (each sent the same invoice dollars) is named too."""
     out = LinkageOutcome()
     with connect() as conn:
-        mapping = conv.mapping(conn)
+        tables = conv.tables(conn)
         for window in windows:
-            scope = conv.scope(conn, window, mapping)
+            scope = conv.scope(tables, window)
             for customer, key, value in unlinked_usage(scope):
                 out.customers.add(customer)
                 out.unlinked.append(f"{window.partition_key}: customer {customer} '{key}' = {value}")
@@ -128,9 +127,9 @@ def verify_windows(connect: Connect, windows: Sequence[Window], conv: Conversion
     are skipped: the records step already failed for them)."""
     found: list[tuple[Window, Discrepancy]] = []
     with connect() as conn:
-        mapping = conv.mapping(conn)
+        tables = conv.tables(conn)
         for window in windows:
             source = conv.source(conn, window)
             if not source.problems:
-                found += [(window, d) for d in discrepancies(WindowScope(conn, window, mapping, source))]
+                found += [(window, d) for d in discrepancies(WindowScope(tables, window, source))]
     return found

@@ -14,7 +14,7 @@ from metronome_suger.clients.suger_models import NewUsageRecordGroup, ReportResu
 from metronome_suger.core.deadlines import is_expired, send_order
 from metronome_suger.core.ledger import Event, answer_event, transition
 from metronome_suger.core.windows import Window
-from metronome_suger.steps.records import Conversion, gaps_by_window
+from metronome_suger.steps.records import Conversion, window_gaps
 from metronome_suger.storage.db import Connect
 from metronome_suger.storage.ledger import Change, LedgerGroup, groups_in_window, record
 
@@ -55,8 +55,9 @@ def _due(
     """The windows' pending groups still inside their deadline, urgent first; the others expire."""
     todo: list[LedgerGroup] = []
     with connect() as conn:
+        tables = conv.tables(conn)
         for window in windows:
-            gaps = gaps_by_window(conn, [window], conv)
+            gaps = window_gaps(tables, window, conv.amount_mode)
             if gaps:  # the blocking check should have stopped us; never send a partial window
                 out.problems.append(f"mapping incomplete, nothing sent for {window}: " + "; ".join(gaps))
                 continue

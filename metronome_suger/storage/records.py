@@ -51,7 +51,6 @@ def plan_groups(scope: WindowScope, *, org_id: str, billing_mode: str, now: date
     """Plan the window's groups from the scope's converted relation and store them (lines, ledger,
     over-reporting)."""
     conn, window = scope.conn, scope.window
-    scope.source  # noqa: B018 - raises when the scope has no source: nothing to convert
     deltas = conn.execute(DELTA_SQL.format(converted=scope.converted, closed=CLOSED_SQL), [window.start]).fetchall()
     revisions = dict(conn.execute(
         f"""SELECT entitlement_id, max(revision) FILTER (WHERE {CLOSED_SQL})

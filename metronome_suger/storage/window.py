@@ -1,9 +1,10 @@
 """The temp tables of one window's work, owned by one object and reached only through it.
 
-``WindowScope`` loads, for one window: the customer → entitlement links usable in it, the mapping rows,
-the dimension matches of every mapped target (decided by ``core.conversion.match_dimension``, so SQL
-never re-derives the rule) and, when given, the window's source (customer, source key, value). The
-set-based SQL of records, gaps and verification takes the relation names from it.
+``MappingTables`` loads, once per run, the mapping rows and the dimension matches of every mapped
+target (decided by ``core.conversion.match_dimension``, so SQL never re-derives the rule). ``WindowScope``
+adds, for one window, the customer → entitlement links usable in it and, when given, the window's source
+(customer, source key, value) converted through them. The set-based SQL of records, gaps and
+verification takes the relation names from these objects.
 """
 
 from collections.abc import Sequence
@@ -41,27 +42,16 @@ WHERE s.value <> 0
 """
 
 
-class WindowScope:
-    links = "_links"
+class MappingTables:
+    """The mapping rows and the dimension matches of every mapped target. They depend on the latest
+    entitlement snapshot and the configuration, not on the window: loaded once per run, shared by its
+    windows' scopes."""
+
     mapping_table = "_mapping"
     matches = "_matches"
-    converted = "_converted"
 
-    def __init__(
-        self, conn: duckdb.DuckDBPyConnection, window: Window, mapping: Sequence[MappingRow],
-        source: Source | None = None,
-    ) -> None:
-        self.conn, self.window, self.mapping, self._source = conn, window, list(mapping), source
-        conn.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {self.links} AS
-            SELECT DISTINCT metronome_customer_id AS customer_id, entitlement_id, partner
-            FROM entitlements
-            WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-              AND list_contains(?::VARCHAR[], status)
-              AND (start_time IS NULL OR start_time < ?)
-              AND (end_time IS NULL OR end_time > ?)""",
-            [list(USABLE_STATUSES), window.end, window.start],
-        )
+    def __init__(self, conn: duckdb.DuckDBPyConnection, mapping: Sequence[MappingRow]) -> None:
+        self.conn, self.mapping = conn, list(mapping)
         conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.mapping_table} (partner VARCHAR, source_key VARCHAR, "
                      f"dimension_key VARCHAR, mapping_mode VARCHAR, multiplier {QTY})")
         bulk_insert(conn, self.mapping_table,
@@ -75,19 +65,9 @@ class WindowScope:
                     {"entitlement_id": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY},
                     [(m.entitlement_id, m.target, m.dimension_key, m.rate)
                      for m in dimension_matches(self.entitlements, self.mapping)])
-        if source is not None:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.converted} AS "
-                         + CONVERT_SQL.format(qty=QTY, source=source.relation, links=self.links,
-                                              mapping=self.mapping_table, matches=self.matches))
-
-    @property
-    def source(self) -> str:
-        if self._source is None:
-            raise ValueError(f"window {self.window}: this step needs the window's source, none was loaded")
-        return self._source.relation
 
     def _entitlements(self) -> list[LinkedEntitlement]:
-        """Every entitlement of the latest snapshot with its dimensions (linked for this window or not:
+        """Every entitlement of the latest snapshot with its dimensions (linked for a window or not:
         groups already in the ledger are priced and verified even after their link ended)."""
         dims: dict[str, list[Dimension]] = {}
         partner_of: dict[str, str] = {}
@@ -103,6 +83,46 @@ class WindowScope:
             if key is not None:
                 dims.setdefault(ent_id, []).append(Dimension(key, name, None if rate is None else Decimal(rate)))
         return [LinkedEntitlement(e, p, tuple(dims.get(e, ()))) for e, p in partner_of.items()]
+
+
+class WindowScope:
+    """One window's links (and, given a source, its converted relation) over the run's mapping tables.
+    The relations are temp tables of the connection: one scope is in use per connection at a time."""
+
+    links = "_links"
+
+    def __init__(self, tables: MappingTables, window: Window, source: Source | None = None) -> None:
+        self.conn, self.window, self._source = tables.conn, window, source
+        self.mapping, self.matches, self.entitlements = tables.mapping, tables.matches, tables.entitlements
+        self.conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {self.links} AS
+            SELECT DISTINCT metronome_customer_id AS customer_id, entitlement_id, partner
+            FROM entitlements
+            WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+              AND list_contains(?::VARCHAR[], status)
+              AND (start_time IS NULL OR start_time < ?)
+              AND (end_time IS NULL OR end_time > ?)""",
+            [list(USABLE_STATUSES), window.end, window.start],
+        )
+        if source is not None:
+            self.conn.execute("CREATE OR REPLACE TEMP TABLE _converted AS "
+                              + CONVERT_SQL.format(qty=QTY, source=source.relation, links=self.links,
+                                                   mapping=tables.mapping_table, matches=self.matches))
+
+    @property
+    def source(self) -> str:
+        return self._loaded().relation
+
+    @property
+    def converted(self) -> str:
+        """The source joined with links, mapping and matches (one row per source row × target)."""
+        self._loaded()
+        return "_converted"
+
+    def _loaded(self) -> Source:
+        if self._source is None:
+            raise ValueError(f"window {self.window}: this step needs the window's source, none was loaded")
+        return self._source
 
     def linked_entitlements(self) -> list[LinkedEntitlement]:
         usable = {r[0] for r in self.conn.execute(f"SELECT DISTINCT entitlement_id FROM {self.links}").fetchall()}
