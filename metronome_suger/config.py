@@ -120,7 +120,8 @@ class DimensionMapping(_Strict):
     """Suger's ``dimensionMappingV2`` value: one target dimension of a source key."""
 
     dimension_key: str = Field(
-        min_length=1, description="Key of the marketplace dimension (on the Suger entitlement) to report to."
+        min_length=1, description="The entitlement dimension to report to: its key, or its name when no dimension "
+        "has that key (two dimensions matching the same way is a configuration error)."
     )
     mapping_mode: Literal["QUANTITY", "AMOUNT"] = Field(
         "QUANTITY",

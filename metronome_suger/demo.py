@@ -15,6 +15,7 @@ from metronome_suger.core.amounts import cents_to_dollars, dollars_text
 from metronome_suger.core.windows import Window, grain, last_closed_windows
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
+from metronome_suger.storage.amounts import window_increase
 from metronome_suger.storage.db import connect, fetch_one
 
 DEMO_DB = Path("data/demo/metronome_suger.duckdb")
@@ -113,10 +114,7 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
             ]
             if config.amount_mode:
-                cents = fetch_one(
-                    conn, "SELECT coalesce(sum(increase_cents), 0) FROM invoice_high_water WHERE window_start = ?",
-                    [w.start],
-                )[0]
+                cents, _ = window_increase(conn, w.start, w.end)
                 row.insert(2, dollars_text(cents_to_dollars(cents)))
             rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
