@@ -13,7 +13,7 @@ SCHEMA: tuple[str, ...] = (
         snapshot_at TIMESTAMPTZ NOT NULL, metronome_customer_id VARCHAR NOT NULL,
         buyer_id VARCHAR, entitlement_id VARCHAR NOT NULL, partner VARCHAR NOT NULL,
         status VARCHAR, start_time TIMESTAMPTZ, end_time TIMESTAMPTZ, term_id VARCHAR,
-        link_source VARCHAR NOT NULL,
+        link_source VARCHAR NOT NULL, dimensions_problem VARCHAR,
         PRIMARY KEY (snapshot_at, metronome_customer_id, entitlement_id))""",
     """CREATE TABLE IF NOT EXISTS entitlement_dimensions (
         snapshot_at TIMESTAMPTZ NOT NULL, entitlement_id VARCHAR NOT NULL,
@@ -28,7 +28,7 @@ SCHEMA: tuple[str, ...] = (
         customer_id VARCHAR NOT NULL, invoice_id VARCHAR NOT NULL, invoice_type VARCHAR,
         status VARCHAR, credit_type_id VARCHAR, credit_type_name VARCHAR,
         period_start TIMESTAMPTZ, period_end TIMESTAMPTZ, total_cents DECIMAL(38,10),
-        fetched_at TIMESTAMPTZ NOT NULL,
+        fetched_at TIMESTAMPTZ NOT NULL, regenerated_from_invoice_id VARCHAR,
         PRIMARY KEY (window_start, customer_id, invoice_id))""",
     """CREATE TABLE IF NOT EXISTS invoice_high_water (
         history_key VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, window_start TIMESTAMPTZ NOT NULL,
@@ -62,6 +62,11 @@ SCHEMA: tuple[str, ...] = (
         dimension_key VARCHAR NOT NULL, reported DECIMAL(38,10) NOT NULL,
         current DECIMAL(38,10) NOT NULL, observed_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (window_start, entitlement_id, dimension_key))""",
+    # Columns added after the first release: a database made by an older version is upgraded in place.
+    # dimensions_problem: why an entitlement's dimension list is incomplete (mapping_completeness blocks it).
+    "ALTER TABLE entitlements ADD COLUMN IF NOT EXISTS dimensions_problem VARCHAR",
+    # regenerated_from_invoice_id: the invoice a re-issue replaces (the period policy follows that lineage).
+    "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS regenerated_from_invoice_id VARCHAR",
     "CREATE MACRO IF NOT EXISTS exact_div(a, b) AS "
     "CAST(CAST(CAST(a AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) * 10000000000 "
     "// CAST(CAST(b AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) AS DECIMAL(38,0)) "
