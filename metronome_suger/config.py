@@ -8,7 +8,7 @@ reading a traceback. Secrets are never in the file: only the *names* of the envi
 import ipaddress
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from metronome_suger.core.conversion import Partner
+from metronome_suger.core.deadlines import Deadlines
 
 CONFIG_ENV_VAR = "METRONOME_SUGER_CONFIG"
 LOCAL_CONFIG_NAME = "metronome_suger.yaml"
@@ -209,8 +210,14 @@ class AppConfig(_Strict):
     )
     marketplace_deadline_hours: dict[Partner, Annotated[Decimal, Field(gt=0)]] = Field(
         default_factory=dict,
-        description="Hours after a usage hour within which each marketplace accepts it; missing "
-        "marketplaces default to AWS 6, AZURE 24, GCP 1.",
+        description="Hours within which each marketplace accepts usage, counted as it counts them: AWS and "
+        "AZURE from the group's timestamp, GCP from the end of the usage hour (and a month's usage by 01:00 US "
+        "Pacific of the next). Missing marketplaces default to AWS 6, AZURE 24, GCP 1.",
+    )
+    suger_forward_lag_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = Field(
+        60,
+        description="Suger forwards a group at its next hourly report: a group handed over less than this many "
+        "minutes before its marketplace deadline is at risk (still sent, urgent first, report_deadline warns).",
     )
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         8, description="Most requests in flight at once to each API (Metronome, Suger): 1 to 64."
@@ -246,7 +253,18 @@ class AppConfig(_Strict):
     def _fill_deadlines(self) -> "AppConfig":
         merged: dict[Partner, Decimal] = {**DEFAULT_DEADLINE_HOURS, **self.marketplace_deadline_hours}
         object.__setattr__(self, "marketplace_deadline_hours", merged)
+        short = {p: h for p, h in merged.items() if h * 60 < self.suger_forward_lag_minutes}
+        if short:
+            raise ValueError(
+                "marketplace_deadline_hours " + ", ".join(f"{p}: {h}" for p, h in short.items())
+                + f" is shorter than suger_forward_lag_minutes ({self.suger_forward_lag_minutes}): a group would "
+                "expire before Suger's next hourly report could forward it"
+            )
         return self
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines(self.marketplace_deadline_hours, timedelta(minutes=self.suger_forward_lag_minutes))
 
     @property
     def hourly(self) -> bool:

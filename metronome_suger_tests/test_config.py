@@ -47,7 +47,8 @@ dimension_conversion:                      # Suger's dimensionMappingV2 shape, p
   GCP: {}
 customer_links: []                         # optional overrides: [{metronome_customer_id, entitlement_id}]
 invoice_change_policy: period              # period | invoice   (amount modes, see §5)
-marketplace_deadline_hours: {AWS: 6, AZURE: 24, GCP: 1}   # defaults; AWS documents both 6 h and 24 h
+marketplace_deadline_hours: {AWS: 6, AZURE: 24, GCP: 1}   # each counted as that marketplace counts it (§5)
+suger_forward_lag_minutes: 60              # Suger forwards at its next hourly report (§5)
 storage:
   duckdb_path: data/metronome_suger.duckdb
 """
@@ -282,6 +283,7 @@ BAD_INPUTS = [
         _set(("marketplace_deadline_hours",), {"ORACLE": 3}), "marketplace_deadline_hours", id="deadline-partner"
     ),
     pytest.param(_set(("suger", "org_id"), ""), "suger.org_id", id="empty-org-id"),
+    pytest.param(_set(("suger_forward_lag_minutes",), -5), "suger_forward_lag_minutes", id="negative-forward-lag"),
     pytest.param(
         _set(("customer_links",), [{"metronome_customer_id": "c-1"}]),
         "customer_links.0.entitlement_id",
@@ -620,3 +622,20 @@ def test_secret_keys_say_the_secret_is_not_in_the_file(model: type[BaseModel], k
 def test_no_reference_to_documents_outside_the_repository() -> None:
     source = Path(config_module.__file__).read_text(encoding="utf-8")
     assert "CONTRACT" not in source and "§" not in source
+
+
+def test_deadline_below_the_forwarding_lag_names_both_keys(tmp_path: Path) -> None:
+    def mutate(data: dict[str, Any]) -> None:
+        data["marketplace_deadline_hours"] = {"GCP": "0.5"}
+        data["suger_forward_lag_minutes"] = 45
+
+    path, message = load_error(tmp_path, mutate)
+    assert str(path) in message
+    assert "marketplace_deadline_hours GCP: 0.5" in message and "suger_forward_lag_minutes (45)" in message
+
+
+def test_forwarding_lag_defaults_to_an_hour_and_feeds_the_deadlines() -> None:
+    cfg = parse_config_data(example_data())
+    assert cfg.suger_forward_lag_minutes == 60
+    assert cfg.deadlines.forward_lag == timedelta(minutes=60)
+    assert cfg.deadlines.hours == cfg.marketplace_deadline_hours

@@ -140,6 +140,7 @@ class LinkedEntitlement:
     entitlement_id: str
     partner: str
     dimensions: tuple[Dimension, ...] = field(default=())
+    problem: str | None = None  # why the dimension list is incomplete (nothing can be matched safely)
 
     def match(self, target: str) -> DimensionMatch:
         return match_dimension(target, self.dimensions)
@@ -212,7 +213,10 @@ def find_gaps(
             for row in mapped.get((ent.partner, source_key), []):
                 found = ent.match(row.dimension_key)
                 reason = found.problem
-                if found.dimension is not None and row.mapping_mode == "AMOUNT" and not (found.dimension.rate or 0) > 0:
+                if ent.problem:  # a key past the listed ones could change any match: block the window
+                    reason = f"cannot be checked ({ent.problem})"
+                elif found.dimension is not None and row.mapping_mode == "AMOUNT" \
+                        and not (found.dimension.rate or 0) > 0:
                     reason = NO_RATE
                 if reason:
                     gaps.add(MappingGap(ent.partner, source_key, row.dimension_key, ent.entitlement_id, reason))

@@ -16,6 +16,10 @@ from typing import Literal
 State = Literal["pending", "sent", "accepted", "rejected", "expired"]
 STATES: tuple[State, ...] = ("pending", "sent", "accepted", "rejected", "expired")
 MAX_STATUS_RETRIES = 3  # calls of Suger's retry endpoint per group before it is given up
+# Suger's usage record group statuses (suger_sdk_python api/metering_api.py, list_usage_record_groups
+# ``status``). Any other status is kept verbatim, keeps the group waiting and is flagged, never success.
+SUGER_STATUSES = ("CREATED", "INVALID", "REPORT_PENDING", "REPORTED", "REPORT_FAILED", "DELETED")
+NEEDS_ATTENTION = ("INVALID", "REPORT_FAILED")
 
 
 class Event(str, Enum):

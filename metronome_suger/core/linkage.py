@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 USABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")  # entitlements that usage is reported to
+# Ended entitlements still take the usage generated before their end (cancellation) time, while their
+# marketplace accepts it (AWS: metering within 1 h of deprovisioning; Azure: hours before the cancellation
+# within 24 h; GCP: timestamps before the cancellation): a customer's last hours are not lost.
+ENDED_STATUSES = ("CANCELLED",)
 
 
 class EntitlementLike(Protocol):

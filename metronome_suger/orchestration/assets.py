@@ -163,7 +163,7 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         suger, clock = res(context, SUGER), res(context, CLOCK)
         out = report_windows(suger.get_client, res(context, DUCKDB).get_connection,
                              context_windows(context, config.hourly), conv, org_id=config.suger.org_id,
-                             hours=config.marketplace_deadline_hours, auto_report=config.auto_report,
+                             deadlines=config.deadlines, auto_report=config.auto_report,
                              dry_run=config.dry_run, max_workers=suger.max_workers, clock=clock.now)
         if not config.auto_report:
             context.log.info(f"auto_report is off: {out.to_send} groups computed and kept pending, none sent")
@@ -171,8 +171,11 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             context.log.info(f"dry_run: validated {out.to_send} groups with Suger, none sent")
         if out.expired:  # not a run failure: the report_deadline check reports it, with the dollars lost
             context.log.warning(f"{out.expired} groups were past their marketplace deadline and were not sent")
+        if out.at_risk:
+            context.log.warning(f"{out.at_risk} groups were handed over less than suger_forward_lag_minutes before "
+                                "their marketplace deadline: Suger's next hourly report may be too late for them")
         metadata = {"groups_to_send": out.to_send, "sent": out.sent, "rejected": out.rejected,
-                    "not_sent_transient": out.not_sent, "expired": out.expired,
+                    "not_sent_transient": out.not_sent, "expired": out.expired, "at_risk": out.at_risk,
                     "auto_report": config.auto_report, "dry_run": config.dry_run}
         if out.problems:
             raise dg.Failure(metadata=metadata, description=f"{len(out.problems)} problem(s) reporting to Suger: "

@@ -10,11 +10,12 @@ import dagster as dg
 from metronome_suger.config import AppConfig
 from metronome_suger.core.windows import Window
 from metronome_suger.orchestration.assets import conversion_of
-from metronome_suger.orchestration.keys import DUCKDB, POOL, RECORDS, REPORT, Keys
+from metronome_suger.orchestration.keys import CLOCK, DUCKDB, POOL, RECORDS, REPORT, Keys
 from metronome_suger.orchestration.partitions import context_windows, partitions_for
 from metronome_suger.steps.records import check_linkage, check_mapping, verify_windows
+from metronome_suger.steps.report import deadline_status
 from metronome_suger.storage.db import Connect
-from metronome_suger.storage.ledger import expired_by_partner, flagged_groups, suger_status_counts
+from metronome_suger.storage.ledger import flagged_groups, suger_status_counts
 
 
 def bullets(items: list[str], limit: int = 50) -> str:
@@ -26,6 +27,14 @@ def bullets(items: list[str], limit: int = 50) -> str:
 
 def _money(value: Decimal) -> str:
     return f"${value.quantize(Decimal('0.01')):,}"
+
+
+def _tally(by_partner: dict[str, tuple[int, Decimal]]) -> tuple[int, Decimal]:
+    return sum(n for n, _ in by_partner.values()), sum((d for _, d in by_partner.values()), Decimal(0))
+
+
+def _by_partner(by_partner: dict[str, tuple[int, Decimal]]) -> str:
+    return ", ".join(f"{p} {n} groups {_money(d)}" for p, (n, d) in by_partner.items())
 
 
 def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition]:
@@ -87,33 +96,42 @@ def build_checks(config: AppConfig, keys: Keys) -> list[dg.AssetChecksDefinition
 
     @dg.asset_check(asset=keys.asset(REPORT), **common)
     def suger_record_status(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        """Groups Suger marked INVALID or failed to forward (REPORT_FAILED), as last polled."""
+        """Groups Suger marked INVALID, failed to forward (REPORT_FAILED) or holds in an unknown status."""
         window = span(context)
         with connect(context)() as conn:
             rows, counts = flagged_groups(conn, window), suger_status_counts(conn, window)
         lines = [f"group {g} ({p}, entitlement {e}): {s} {m}".strip() for g, e, p, s, m in rows]
         return dg.AssetCheckResult(
             passed=not rows,
-            description="no INVALID or REPORT_FAILED group" if not rows else f"{len(rows)} group(s) need attention",
+            description="no INVALID, REPORT_FAILED or unknown-status group" if not rows
+            else f"{len(rows)} group(s) need attention",
             metadata={**{f"suger:{k}": v for k, v in sorted(counts.items())},
                       "details": dg.MetadataValue.md(bullets(lines) or "none")},
         )
 
-    @dg.asset_check(asset=keys.asset(REPORT), **common)
+    @dg.asset_check(asset=keys.asset(REPORT), **{**common, "required_resource_keys": keys.resources(DUCKDB, CLOCK)})
     def report_deadline(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        """Groups that missed their marketplace deadline: never sent, and the revenue they carried."""
-        window = span(context)
-        with connect(context)() as conn:
-            rows = expired_by_partner(conn, window)
-        total = sum((r[2] for r in rows), Decimal(0))
-        groups = sum(r[1] for r in rows)
+        """Groups past their marketplace deadline (never sent: fails, with the revenue they carried) and
+        groups handed over inside Suger's forwarding lag before it (at risk: warns, with their dollars)."""
+        now = keys.resource(context, CLOCK).now()
+        status = deadline_status(connect(context), span(context), config.deadlines, now)
+        lost, risky = _tally(status.expired), _tally(status.at_risk)
+        parts = []
+        if status.expired:
+            parts.append(f"{lost[0]} group(s) expired unsent: {_money(lost[1])} of revenue lost ("
+                         + _by_partner(status.expired) + ")")
+        if status.at_risk:
+            parts.append(f"{risky[0]} group(s) at risk: {_money(risky[1])} handed to Suger less than "
+                         f"{config.suger_forward_lag_minutes} min before the marketplace deadline ("
+                         + _by_partner(status.at_risk) + ")")
         return dg.AssetCheckResult(
-            passed=not rows,
-            description="every group was handed over before its marketplace deadline" if not rows
-            else f"{groups} group(s) expired unsent: {_money(total)} of revenue lost ("
-            + ", ".join(f"{p} {n} groups {_money(d)}" for p, n, d in rows) + ")",
-            metadata={"expired_groups": groups, "lost_dollars": float(total),
-                      **{f"lost_dollars:{p}": float(d) for p, _, d in rows}},
+            passed=not parts,
+            severity=dg.AssetCheckSeverity.ERROR if status.expired else dg.AssetCheckSeverity.WARN,
+            description="; ".join(parts) or "every group was handed over in time for its marketplace deadline",
+            metadata={"expired_groups": lost[0], "lost_dollars": float(lost[1]),
+                      "at_risk_groups": risky[0], "at_risk_dollars": float(risky[1]),
+                      **{f"lost_dollars:{p}": float(d) for p, (_, d) in status.expired.items()},
+                      **{f"at_risk_dollars:{p}": float(d) for p, (_, d) in status.at_risk.items()}},
         )
 
     return [mapping_completeness, customer_linkage, usage_verification, suger_record_status, report_deadline]

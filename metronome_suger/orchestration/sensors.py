@@ -89,14 +89,13 @@ def build_late_usage_sensor(
             return dg.SkipReason("no window has run yet: nothing to re-read")
         connect = functools.partial(duckdb.get_connection, lock_timeout=lock_timeout)
         now, after = keys.resource(context, CLOCK).now(), _read_cursor(context.cursor)
-        hours = config.marketplace_deadline_hours
         try:
             if config.amount_mode:
                 tick = amount_tick(metronome.get_client, connect, now, hourly=config.hourly,
                                    settle=timedelta(minutes=config.settle_minutes), policy=config.invoice_change_policy,
-                                   hours=hours, after=after, per_tick=customers_per_tick)
+                                   deadlines=config.deadlines, after=after, per_tick=customers_per_tick)
             else:
-                tick = quantity_tick(metronome.get_client, connect, now, start=config.start, hours=hours,
+                tick = quantity_tick(metronome.get_client, connect, now, start=config.start, deadlines=config.deadlines,
                                      after=after, per_tick=windows_per_tick)
         except Exception as exc:
             if not is_lock_error(exc):
@@ -129,7 +128,7 @@ def build_status_sensor(
         try:
             out = poll_statuses(keys.resource(context, SUGER).get_client,
                                 functools.partial(duckdb.get_connection, lock_timeout=lock_timeout),
-                                keys.resource(context, CLOCK).now(), config.marketplace_deadline_hours,
+                                keys.resource(context, CLOCK).now(), config.deadlines,
                                 no_retry=no_retry, retries_per_tick=retries_per_tick)
         except Exception as exc:
             if not is_lock_error(exc):

@@ -3,15 +3,15 @@ totals) changed, so a run of each reports the positive difference. Each tick doe
 work and resumes after ``after`` (a position the caller keeps between ticks)."""
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.core.amounts import Policy, select
-from metronome_suger.core.deadlines import is_expired
+from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
 from metronome_suger.steps.invoices import read_invoices
 from metronome_suger.storage.amounts import linked_customers, seen_before
@@ -54,21 +54,21 @@ def chunk(items: Sequence[T], key: Callable[[T], str], after: str | None, size: 
 
 def quantity_tick(
     client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, start: datetime,
-    hours: Mapping[Any, Decimal], after: str | None, per_tick: int,
+    deadlines: Deadlines, after: str | None, per_tick: int,
 ) -> Tick:
     """Re-read the run windows some marketplace in use still accepts; a rerun per window that moved."""
     with connect(read_only=True) as conn:
-        partners = [p for p in partners_in_use(conn) if p in hours]
+        partners = [p for p in partners_in_use(conn) if p in deadlines.hours]
         if not partners:
             return Tick(skip="no marketplace in use yet (no linked entitlement, nothing in the ledger)",
                         keep_cursor=False)
-        widest = max(partners, key=lambda p: hours[p])
-        since = max(start, now - timedelta(hours=float(hours[widest])) - 2 * HOUR)
+        widest = max(partners, key=lambda p: deadlines.deadline(now, p))
+        since = max(start, now - timedelta(hours=float(deadlines.hours[widest])) - 2 * HOUR)
         windows = [w for w in (window_at(s, True) for s in run_windows(conn, since, now))
-                   if w.end <= now and not is_expired(now, w.report_timestamp, widest, hours)]
+                   if w.end <= now and not deadlines.is_expired(now, w.report_timestamp, widest)]
         if not windows:
-            return Tick(skip=f"no run window is still within the widest deadline in use ({widest}, {hours[widest]} h "
-                             f"after its hour): nothing to re-read", keep_cursor=False)
+            return Tick(skip=f"no run window is still within the widest deadline in use, "
+                             f"{deadlines.describe(widest)}: nothing to re-read", keep_cursor=False)
         part, next_after = chunk(windows, lambda w: iso(w.start), after, per_tick)
         metrics = stored_metrics(conn, [w.start for w in part])
     with client() as metronome:
@@ -88,7 +88,7 @@ def quantity_tick(
 
 def amount_tick(
     client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, hourly: bool, settle: timedelta,
-    policy: Policy, hours: Mapping[Any, Decimal], after: str | None, per_tick: int,
+    policy: Policy, deadlines: Deadlines, after: str | None, per_tick: int,
 ) -> Tick:
     """Re-run the latest closed window when a tracked invoice total passed its high water since."""
     [window] = last_closed_windows(now, hourly, 1, settle)
@@ -112,7 +112,7 @@ def amount_tick(
     if not rising:
         return Tick(skip=skip, after=next_after)
     late = sorted({p for t in rising for p in partners.get(t.customer_id, [])
-                   if p in hours and is_expired(now, window.report_timestamp, p, hours)})
+                   if p in deadlines.hours and deadlines.is_expired(now, window.report_timestamp, p)})
     if late:
         return Tick(skip=f"{len(rising)} invoice total(s) rose, but window {window.partition_key} is past "
                          f"the {', '.join(late)} deadline: the next window's run reports the increase",

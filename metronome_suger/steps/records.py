@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from metronome_suger.core.conversion import Target, mapping_rows
-from metronome_suger.core.windows import Window
+from metronome_suger.core.windows import Window, iso
 from metronome_suger.storage.amounts import amount_source
 from metronome_suger.storage.db import Connect, table_markdown
 from metronome_suger.storage.gaps import mapping_gaps, multi_linked, unlinked_usage
@@ -103,6 +103,15 @@ class LinkageOutcome:
     multi_linked: list[str] = field(default_factory=list)
 
 
+def _no_usable_link(entitlements: Sequence[tuple[str, str, datetime | None]]) -> str:
+    """Why the customer has no usable link for the window: no Suger link at all, or each entitlement's state."""
+    if not entitlements:
+        return "no Suger buyer or customer_links entry links this customer"
+    states = [f"{ent} is {status or 'of unknown status'}" + (f", ended {iso(end)}" if end else "")
+              for ent, status, end in entitlements]
+    return "no entitlement usable for this window (" + "; ".join(states) + ")"
+
+
 def check_linkage(connect: Connect, windows: Sequence[Window], conv: Conversion) -> LinkageOutcome:
     """Usage of customers with no usable link is named, not dropped; in the amount modes a customer
     linked to several entitlements (each sent the same invoice dollars) is named too."""
@@ -111,9 +120,10 @@ def check_linkage(connect: Connect, windows: Sequence[Window], conv: Conversion)
         tables = conv.tables(conn)
         for window in windows:
             scope = conv.scope(tables, window)
-            for customer, key, value in unlinked_usage(scope):
+            for customer, key, value, entitlements in unlinked_usage(scope):
                 out.customers.add(customer)
-                out.unlinked.append(f"{window.partition_key}: customer {customer} '{key}' = {value}")
+                out.unlinked.append(f"{window.partition_key}: customer {customer} '{key}' = {value}: "
+                                    + _no_usable_link(entitlements))
             if conv.amount_mode:
                 out.multi_linked += [
                     f"{window.partition_key}: customer {customer} is linked to {count} entitlements ({partners}): "

@@ -1,22 +1,21 @@
 """Hand a window's pending record groups to Suger: urgent first, each once; 409 is success; every answer
 is written to the ledger (through the state machine) as soon as it arrives."""
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.clients.http import iter_bounded
 from metronome_suger.clients.suger import SugerClient
 from metronome_suger.clients.suger_models import NewUsageRecordGroup, ReportResult
-from metronome_suger.core.deadlines import is_expired, send_order
+from metronome_suger.core.deadlines import Deadlines, Urgency
 from metronome_suger.core.ledger import Event, answer_event, transition
 from metronome_suger.core.windows import Window
 from metronome_suger.steps.records import Conversion, window_gaps
 from metronome_suger.storage.db import Connect
-from metronome_suger.storage.ledger import Change, LedgerGroup, groups_in_window, record
+from metronome_suger.storage.ledger import Change, LedgerGroup, expired_by_partner, groups_in_window, handovers, record
 
 
 @dataclass
@@ -26,6 +25,7 @@ class ReportOutcome:
     rejected: int = 0
     not_sent: int = 0  # transient failures and credentials problems: still pending
     expired: int = 0
+    at_risk: int = 0  # handed over inside Suger's forwarding lag: may reach the marketplace too late
     problems: list[str] = field(default_factory=list)
 
 
@@ -49,10 +49,10 @@ def answer_change(group: LedgerGroup, answer: ReportResult | BaseException) -> C
 
 
 def _due(
-    connect: Connect, windows: Sequence[Window], conv: Conversion, hours: Mapping[Any, Decimal], now: datetime,
+    connect: Connect, windows: Sequence[Window], conv: Conversion, deadlines: Deadlines, now: datetime,
     out: ReportOutcome,
 ) -> list[LedgerGroup]:
-    """The windows' pending groups still inside their deadline, urgent first; the others expire."""
+    """The windows' pending groups still inside their deadline, at risk first; the others expire."""
     todo: list[LedgerGroup] = []
     with connect() as conn:
         tables = conv.tables(conn)
@@ -63,23 +63,25 @@ def _due(
                 continue
             expired = []
             for group in groups_in_window(conn, window, ("pending",)):
-                if is_expired(now, group.timestamp, group.partner, hours):
+                urgency = deadlines.urgency(now, group.timestamp, group.partner)
+                if urgency is Urgency.EXPIRED:
                     expired.append(Change(group.record_group_id, group.status, Event.DEADLINE_PASSED,
-                                          message=f"past the {group.partner} deadline of {hours[group.partner]} h"))
+                                          message=f"past {deadlines.describe(group.partner)}"))
                 else:
+                    out.at_risk += urgency is Urgency.AT_RISK
                     todo.append(group)
             out.expired += record(conn, expired, now)
-    return sorted(todo, key=lambda g: send_order(now, g.timestamp, g.partner, hours))
+    return sorted(todo, key=lambda g: deadlines.send_order(now, g.timestamp, g.partner))
 
 
 def report_windows(
     client: Callable[[], SugerClient], connect: Connect, windows: Sequence[Window], conv: Conversion, *,
-    org_id: str, hours: Mapping[Any, Decimal], auto_report: bool, dry_run: bool, max_workers: int,
+    org_id: str, deadlines: Deadlines, auto_report: bool, dry_run: bool, max_workers: int,
     clock: Callable[[], datetime],
 ) -> ReportOutcome:
     """Send (or, with ``dry_run``, validate) the windows' pending groups; ``auto_report`` off sends nothing."""
     out = ReportOutcome()
-    todo = _due(connect, windows, conv, hours, clock(), out)
+    todo = _due(connect, windows, conv, deadlines, clock(), out)
     out.to_send = len(todo)
     if not auto_report or not todo:
         return out
@@ -106,3 +108,24 @@ def report_windows(
                                     f"{group.timestamp:%Y-%m-%dT%H:%MZ}) {transition(group.status, change.event).to}: "
                                     f"{change.message}")
     return out
+
+
+@dataclass
+class DeadlineStatus:
+    """Per marketplace: (groups, dollars) lost past the deadline, and handed over (or waiting) at risk."""
+
+    expired: dict[str, tuple[int, Decimal]]
+    at_risk: dict[str, tuple[int, Decimal]]
+
+
+def deadline_status(connect: Connect, window: Window, deadlines: Deadlines, now: datetime) -> DeadlineStatus:
+    """A group is at risk when it was handed over (or, still pending, would be now) inside Suger's
+    forwarding lag before its marketplace deadline; expired groups are the ledger's."""
+    at_risk: dict[str, tuple[int, Decimal]] = {}
+    with connect(read_only=True) as conn:
+        expired = {p: (n, Decimal(d)) for p, n, d in expired_by_partner(conn, window)}
+        for partner, timestamp, handed_over, dollars in handovers(conn, window):
+            if deadlines.urgency(handed_over or now, timestamp, partner) is not Urgency.OK:
+                groups, total = at_risk.get(partner, (0, Decimal(0)))
+                at_risk[partner] = (groups + 1, total + Decimal(dollars))
+    return DeadlineStatus(expired, dict(sorted(at_risk.items())))

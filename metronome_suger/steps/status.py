@@ -1,15 +1,13 @@
 """The Suger status poll: what Suger says became of our ``sent`` groups, written through the ledger's
 state machine; REPORT_FAILED groups are retried (bounded) through Suger's retry endpoint."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Any
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.clients.suger import SugerClient
-from metronome_suger.core.deadlines import is_expired, send_order
+from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.ledger import MAX_STATUS_RETRIES, Event, status_event, transition
 from metronome_suger.storage.db import Connect, is_lock_error
 from metronome_suger.storage.ledger import Change, LedgerGroup, awaiting_groups, record
@@ -18,14 +16,13 @@ POLL_PERIOD = timedelta(days=30)  # Suger lists the last 30 days by default; old
 FAILED = "Suger could not report it to the marketplace (REPORT_FAILED)"
 
 
-def _message(group: LedgerGroup, event: Event, hours: Mapping[Any, Decimal], no_retry: str | None) -> str | None:
+def _message(group: LedgerGroup, event: Event, deadlines: Deadlines, no_retry: str | None) -> str | None:
     if event == Event.REPORTED and group.retries:
         return f"reported by Suger after {group.retries} retr{'y' if group.retries == 1 else 'ies'}"
     return {
         Event.INVALID: "Suger marked the group INVALID",
         Event.DELETED: "the group was deleted at Suger: it will not be reported",
-        Event.DEADLINE_PASSED: f"{FAILED} and it is past the {group.partner} deadline of "
-                               f"{hours.get(group.partner)} h: not retried",
+        Event.DEADLINE_PASSED: f"{FAILED} and it is past {deadlines.describe(group.partner)}: not retried",
         Event.RETRIES_EXHAUSTED: f"{FAILED} again after {MAX_STATUS_RETRIES} retries: given up",
         Event.REPORT_FAILED: f"{FAILED}; not retried: {no_retry}",
         Event.RETRY: f"{FAILED}; retry {group.retries + 1} of {MAX_STATUS_RETRIES} requested",
@@ -59,7 +56,7 @@ class PollOutcome:
 
 
 def poll_statuses(
-    client: Callable[[], SugerClient], connect: Connect, now: datetime, hours: Mapping[Any, Decimal], *,
+    client: Callable[[], SugerClient], connect: Connect, now: datetime, deadlines: Deadlines, *,
     no_retry: str | None, retries_per_tick: int,
 ) -> PollOutcome:
     """One tick. ``no_retry`` names why the retry endpoint must not be called (auto_report off, dry run)."""
@@ -75,15 +72,15 @@ def poll_statuses(
                                                                            end_date=now.date() + timedelta(days=1))}
         changes = []
         for gid, group in waiting.items():
-            expired = group.partner in hours and is_expired(now, group.timestamp, group.partner, hours)
+            expired = deadlines.is_expired(now, group.timestamp, group.partner)
             event = status_event(listed.get(gid), previous=group.suger_status, expired=expired,
                                  retries=group.retries, may_retry=no_retry is None)
             if event is not None:
                 changes.append(Change(gid, group.status, event, listed.get(gid),
-                                      _message(group, event, hours, no_retry)))
+                                      _message(group, event, deadlines, no_retry)))
         retries = sorted((c for c in changes if c.event == Event.RETRY),
-                         key=lambda c: send_order(now, waiting[c.record_group_id].timestamp,
-                                                  waiting[c.record_group_id].partner, hours))
+                         key=lambda c: deadlines.send_order(now, waiting[c.record_group_id].timestamp,
+                                                            waiting[c.record_group_id].partner))
         postponed = {c.record_group_id for c in retries[retries_per_tick:]}
         changes = [c for c in changes if c.record_group_id not in postponed]
         # The retry is counted before it is requested: a crash in between can only under-use the budget.
@@ -113,5 +110,5 @@ def poll_statuses(
     out.missing = sum(1 for g in waiting if g not in listed)
     out.left_for_next_tick = len(postponed)
     out.held = sum(1 for g in waiting.values() if no_retry and listed.get(g.record_group_id) == "REPORT_FAILED"
-                   and g.retries < MAX_STATUS_RETRIES and not is_expired(now, g.timestamp, g.partner, hours))
+                   and g.retries < MAX_STATUS_RETRIES and not deadlines.is_expired(now, g.timestamp, g.partner))
     return out

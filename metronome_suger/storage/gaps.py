@@ -1,6 +1,7 @@
 """What ``mapping_completeness`` and ``customer_linkage`` read for one window (the mapping gaps are also
 re-checked before sending)."""
 
+from datetime import datetime
 from decimal import Decimal
 
 from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY, MappingGap, find_gaps
@@ -33,13 +34,21 @@ def mapping_gaps(scope: WindowScope, amount_mode: bool) -> list[MappingGap]:
     return find_gaps(required, scope.mapping, scope.linked_entitlements())
 
 
-def unlinked_usage(scope: WindowScope) -> list[tuple[str, str, Decimal]]:
-    """(customer, source key, quantity) of source rows whose customer has no usable link."""
-    return scope.conn.execute(
-        f"""SELECT s.customer_id, s.source_key, s.value FROM {scope.source} s
+def unlinked_usage(scope: WindowScope) -> list[tuple[str, str, Decimal, list[tuple[str, str, datetime | None]]]]:
+    """(customer, source key, quantity, [(entitlement, status, end time)]) of source rows whose customer has
+    no usable link for the window; the list holds the customer's entitlements that are not usable for it."""
+    rows = scope.conn.execute(
+        f"""SELECT s.customer_id, s.source_key, s.value,
+                   coalesce((SELECT list((e.entitlement_id, coalesce(e.status, ''), e.end_time)
+                                         ORDER BY e.entitlement_id)
+                             FROM entitlements e
+                             WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+                               AND e.metronome_customer_id = s.customer_id), [])
+        FROM {scope.source} s
         WHERE s.value <> 0 AND s.customer_id NOT IN (SELECT customer_id FROM {scope.links})
         ORDER BY 1, 2"""
     ).fetchall()
+    return [(customer, key, value, [tuple(e.values()) for e in ents]) for customer, key, value, ents in rows]
 
 
 def multi_linked(scope: WindowScope) -> list[tuple[str, int, str]]:

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.core.linkage import USABLE_STATUSES
 from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,11 @@ class WindowChange:
 def partners_in_use(conn: duckdb.DuckDBPyConnection) -> list[str]:
     """Marketplaces we report to: any in the ledger, or on a usable entitlement of the latest snapshot."""
     rows = conn.execute(
-        """SELECT partner FROM report_ledger
+        f"""SELECT partner FROM report_ledger
         UNION
         SELECT partner FROM entitlements
-        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-          AND list_contains(?::VARCHAR[], status)
+        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements) AND {USABLE_LINK_SQL}
         ORDER BY 1""",
-        [list(USABLE_STATUSES)],
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -141,10 +139,10 @@ def high_waters(conn: duckdb.DuckDBPyConnection, history_keys: Sequence[str]) ->
 def customer_partners(conn: duckdb.DuckDBPyConnection, customer_ids: Sequence[str]) -> dict[str, list[str]]:
     """The marketplaces each customer reports to (usable entitlements of the latest snapshot)."""
     rows = conn.execute(
-        """SELECT metronome_customer_id, list(DISTINCT partner ORDER BY partner) FROM entitlements
+        f"""SELECT metronome_customer_id, list(DISTINCT partner ORDER BY partner) FROM entitlements
         WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-          AND list_contains(?::VARCHAR[], status) AND list_contains(?::VARCHAR[], metronome_customer_id)
+          AND {USABLE_LINK_SQL} AND list_contains(?::VARCHAR[], metronome_customer_id)
         GROUP BY 1""",
-        [list(USABLE_STATUSES), list(customer_ids)],
+        [list(customer_ids)],
     ).fetchall()
     return {customer: list(partners) for customer, partners in rows}

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from metronome_suger.core.ledger import STATES, Event, transition
+from metronome_suger.core.ledger import NEEDS_ATTENTION, STATES, SUGER_STATUSES, Event, transition
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
 
@@ -179,13 +179,16 @@ def store_plan(
 
 
 def flagged_groups(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tuple[str, str, str, str, str]]:
-    """(group, entitlement, partner, Suger status, message) of groups Suger marked INVALID or could not
-    forward (REPORT_FAILED), as last polled."""
+    """(group, entitlement, partner, Suger status, message) of groups Suger marked INVALID, could not
+    forward (REPORT_FAILED) or holds in a status this version does not know, as last polled."""
     return conn.execute(
-        """SELECT record_group_id, entitlement_id, partner, suger_status, coalesce(message, '')
+        """SELECT record_group_id, entitlement_id, partner, suger_status,
+                  CASE WHEN list_contains(?::VARCHAR[], suger_status) THEN coalesce(message, '')
+                       ELSE 'a Suger status this version does not know: the group is not counted as reported' END
         FROM report_ledger WHERE window_start >= ? AND window_start < ?
-          AND suger_status IN ('INVALID', 'REPORT_FAILED') ORDER BY 1""",
-        [window.start, window.end],
+          AND (list_contains(?::VARCHAR[], suger_status) OR NOT list_contains(?::VARCHAR[], suger_status))
+        ORDER BY 1""",
+        [list(SUGER_STATUSES), window.start, window.end, list(NEEDS_ATTENTION), list(SUGER_STATUSES)],
     ).fetchall()
 
 
@@ -197,6 +200,20 @@ def suger_status_counts(conn: duckdb.DuckDBPyConnection, window: Window) -> dict
         GROUP BY 1""",
         [window.start, window.end],
     ).fetchall())
+
+
+def handovers(
+    conn: duckdb.DuckDBPyConnection, window: Window
+) -> list[tuple[str, datetime, datetime | None, Decimal]]:
+    """(partner, timestamp, handed over at, dollars) of the groups handed to Suger or still waiting to be
+    (``None``): what the deadline check weighs against each marketplace's deadline."""
+    return conn.execute(
+        """SELECT partner, timestamp, CASE WHEN status = 'pending' THEN NULL ELSE sent_at END,
+                  coalesce(dollars, 0)
+        FROM report_ledger WHERE window_start >= ? AND window_start < ?
+          AND status IN ('pending', 'sent', 'accepted') ORDER BY timestamp, record_group_id""",
+        [window.start, window.end],
+    ).fetchall()
 
 
 def expired_by_partner(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tuple[str, int, Decimal]]:

@@ -14,9 +14,20 @@ from decimal import Decimal
 import duckdb
 
 from metronome_suger.core.conversion import Dimension, LinkedEntitlement, MappingRow, dimension_matches
-from metronome_suger.core.linkage import USABLE_STATUSES
+from metronome_suger.core.linkage import ENDED_STATUSES, USABLE_STATUSES
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
+
+
+def _sql_list(values: Sequence[str]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+# THE usable-link rule in SQL, over an ``entitlements`` row: a usable status for its whole term, or an
+# ended one (CANCELLED) with a known end time. Usage is reported to a link only for windows that start
+# before its end time (and end after its start): see ``WindowScope``.
+USABLE_LINK_SQL = (f"(status IN {_sql_list(USABLE_STATUSES)} "
+                   f"OR (status IN {_sql_list(ENDED_STATUSES)} AND end_time IS NOT NULL))")
 
 
 @dataclass(frozen=True)
@@ -71,18 +82,22 @@ class MappingTables:
         groups already in the ledger are priced and verified even after their link ended)."""
         dims: dict[str, list[Dimension]] = {}
         partner_of: dict[str, str] = {}
-        for ent_id, partner, key, name, rate in self.conn.execute(
-            """SELECT e.entitlement_id, any_value(e.partner), d.dimension_key, d.dimension_name, d.rate
+        problems: dict[str, str] = {}
+        for ent_id, partner, problem, key, name, rate in self.conn.execute(
+            """SELECT e.entitlement_id, any_value(e.partner), any_value(e.dimensions_problem),
+                      d.dimension_key, d.dimension_name, d.rate
             FROM entitlements e LEFT JOIN entitlement_dimensions d
               ON d.entitlement_id = e.entitlement_id AND d.snapshot_at = e.snapshot_at
             WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
             GROUP BY e.entitlement_id, d.dimension_key, d.dimension_name, d.rate
-            ORDER BY 1, 3"""
+            ORDER BY 1, 4"""
         ).fetchall():
             partner_of[ent_id] = partner
+            if problem:
+                problems[ent_id] = problem
             if key is not None:
                 dims.setdefault(ent_id, []).append(Dimension(key, name, None if rate is None else Decimal(rate)))
-        return [LinkedEntitlement(e, p, tuple(dims.get(e, ()))) for e, p in partner_of.items()]
+        return [LinkedEntitlement(e, p, tuple(dims.get(e, ())), problems.get(e)) for e, p in partner_of.items()]
 
 
 class WindowScope:
@@ -98,11 +113,10 @@ class WindowScope:
             f"""CREATE OR REPLACE TEMP TABLE {self.links} AS
             SELECT DISTINCT metronome_customer_id AS customer_id, entitlement_id, partner
             FROM entitlements
-            WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-              AND list_contains(?::VARCHAR[], status)
+            WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements) AND {USABLE_LINK_SQL}
               AND (start_time IS NULL OR start_time < ?)
               AND (end_time IS NULL OR end_time > ?)""",
-            [list(USABLE_STATUSES), window.end, window.start],
+            [window.end, window.start],
         )
         if source is not None:
             self.conn.execute("CREATE OR REPLACE TEMP TABLE _converted AS "

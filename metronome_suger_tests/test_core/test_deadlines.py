@@ -1,6 +1,5 @@
-"""Marketplace deadlines (CONTRACT §5), counted from the end of the hour that starts at the timestamp."""
-
-from __future__ import annotations
+"""Marketplace deadlines as each marketplace counts them (CONTRACT §5): AWS and Azure from the group's
+timestamp, GCP from the end of the usage hour with the month-end cutoff; at risk inside the forwarding lag."""
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -10,125 +9,146 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome_suger.config import DEFAULT_DEADLINE_HOURS
-from metronome_suger.core.deadlines import URGENT, deadline, is_expired, send_order
+from metronome_suger.core.deadlines import Deadlines, Urgency, month_end_cutoff
 from metronome_suger.core.windows import window_for_key
 
 UTC = timezone.utc
 TS = datetime(2026, 11, 25, 13, tzinfo=UTC)
 HOURS = {"AWS": Decimal(6), "AZURE": Decimal(24), "GCP": Decimal(1)}
+RULES = Deadlines(HOURS)  # forwarding lag: 60 min
 EPS = timedelta(microseconds=1)
 
 
 def test_defaults_match_the_contract() -> None:
     assert DEFAULT_DEADLINE_HOURS == HOURS
+    assert RULES.forward_lag == timedelta(minutes=60)
 
 
 @pytest.mark.parametrize(
     ("partner", "expected"),
     [
-        ("AWS", datetime(2026, 11, 25, 20, tzinfo=UTC)),  # 13:00 + 1 h + 6 h
-        ("AZURE", datetime(2026, 11, 26, 14, tzinfo=UTC)),  # 13:00 + 1 h + 24 h
-        ("GCP", datetime(2026, 11, 25, 15, tzinfo=UTC)),  # 13:00 + 1 h + 1 h
+        ("AWS", datetime(2026, 11, 25, 19, tzinfo=UTC)),  # BatchMeterUsage: Timestamp at most 6 h old
+        ("AZURE", datetime(2026, 11, 26, 13, tzinfo=UTC)),  # effectiveStartTime at most 24 h old
+        ("GCP", datetime(2026, 11, 25, 15, tzinfo=UTC)),  # 1 h after the usage hour 13:00-14:00 ends
     ],
 )
 def test_deadline_per_partner(partner: str, expected: datetime) -> None:
-    assert deadline(TS, partner, HOURS) == expected
+    assert RULES.deadline(TS, partner) == expected
 
 
 @pytest.mark.parametrize("partner", ["AWS", "AZURE", "GCP"])
-def test_is_expired_at_and_around_the_boundary(partner: str) -> None:
-    due = TS + timedelta(hours=1) + timedelta(hours=int(HOURS[partner]))
-    assert not is_expired(TS, TS, partner, HOURS)
-    assert not is_expired(TS + timedelta(hours=1), TS, partner, HOURS)  # the window just closed
-    assert not is_expired(due - timedelta(seconds=1), TS, partner, HOURS)
-    assert not is_expired(due - EPS, TS, partner, HOURS)
-    assert is_expired(due, TS, partner, HOURS)
-    assert is_expired(due + EPS, TS, partner, HOURS)
-    assert is_expired(due + timedelta(days=30), TS, partner, HOURS)
+def test_expired_at_and_after_the_deadline(partner: str) -> None:
+    due = RULES.deadline(TS, partner)
+    assert not RULES.is_expired(due - EPS, TS, partner)
+    assert RULES.is_expired(due, TS, partner)
+    assert RULES.is_expired(due + timedelta(days=30), TS, partner)
 
 
-def test_gcp_hourly_group_is_not_expired_when_its_window_settles() -> None:
-    # Counting from the timestamp itself would expire it at 14:00, before it could be read.
+@pytest.mark.parametrize("partner", ["AWS", "AZURE", "GCP"])
+def test_at_risk_inside_the_forwarding_lag(partner: str) -> None:
+    due = RULES.deadline(TS, partner)
+    assert RULES.urgency(due - timedelta(minutes=60), TS, partner) is Urgency.OK
+    assert RULES.urgency(due - timedelta(minutes=60) + EPS, TS, partner) is Urgency.AT_RISK
+    assert RULES.urgency(due - EPS, TS, partner) is Urgency.AT_RISK
+    assert RULES.urgency(due, TS, partner) is Urgency.EXPIRED
+
+
+def test_lag_is_configurable() -> None:
+    rules = Deadlines(HOURS, timedelta(minutes=10))
+    due = rules.deadline(TS, "AWS")
+    assert rules.urgency(due - timedelta(minutes=30), TS, "AWS") is Urgency.OK
+    assert rules.urgency(due - timedelta(minutes=9), TS, "AWS") is Urgency.AT_RISK
+
+
+def test_aws_counts_from_the_timestamp_not_the_end_of_its_hour() -> None:
+    # The old rule (+1 h) kept a 13:00 group alive until 20:00; AWS refuses it after 19:00.
+    assert RULES.is_expired(datetime(2026, 11, 25, 19, 30, tzinfo=UTC), TS, "AWS")
+
+
+def test_gcp_hourly_group_is_at_risk_not_expired_when_its_window_settles() -> None:
     window = window_for_key("2026-11-25-13:00", hourly=True)
     settled = window.end + timedelta(minutes=15)
-    assert not is_expired(settled, window.report_timestamp, "GCP", HOURS)
-    assert is_expired(window.end + timedelta(hours=1), window.report_timestamp, "GCP", HOURS)
+    assert RULES.urgency(settled, window.report_timestamp, "GCP") is Urgency.AT_RISK
+    assert RULES.is_expired(window.end + timedelta(hours=1), window.report_timestamp, "GCP")
 
 
-def test_daily_window_deadline_counts_from_23_00() -> None:
-    window = window_for_key("2026-11-25", hourly=False)
-    ts = window.report_timestamp
-    assert deadline(ts, "AWS", HOURS) == datetime(2026, 11, 26, 6, tzinfo=UTC)
-    assert deadline(ts, "GCP", HOURS) == datetime(2026, 11, 26, 1, tzinfo=UTC)
-    assert deadline(ts, "AZURE", HOURS) == datetime(2026, 11, 27, 0, tzinfo=UTC)
-    assert not is_expired(datetime(2026, 11, 26, 0, 59, 59, tzinfo=UTC), ts, "GCP", HOURS)
-    assert is_expired(datetime(2026, 11, 26, 1, tzinfo=UTC), ts, "GCP", HOURS)
+def test_gcp_counts_from_the_end_of_the_hour_whatever_the_minute() -> None:
+    assert RULES.deadline(TS + timedelta(minutes=59), "GCP") == RULES.deadline(TS, "GCP")
+
+
+def test_daily_window_deadlines() -> None:
+    ts = window_for_key("2026-11-25", hourly=False).report_timestamp  # 23:00
+    assert RULES.deadline(ts, "AWS") == datetime(2026, 11, 26, 5, tzinfo=UTC)
+    assert RULES.deadline(ts, "GCP") == datetime(2026, 11, 26, 1, tzinfo=UTC)
+    assert RULES.deadline(ts, "AZURE") == datetime(2026, 11, 26, 23, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("usage_hour", "cutoff"),
+    [
+        # November's usage (Pacific time) is due by Dec 1 01:00 PST = 09:00 UTC.
+        (datetime(2026, 11, 30, 23, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UTC)),
+        # 07:00 UTC on Dec 1 is still Nov 30 in California.
+        (datetime(2026, 12, 1, 7, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UTC)),
+        # 08:00 UTC on Dec 1 is December in California: due Jan 1 01:00 PST.
+        (datetime(2026, 12, 1, 8, tzinfo=UTC), datetime(2027, 1, 1, 9, tzinfo=UTC)),
+        # Summer time: June's usage due Jul 1 01:00 PDT = 08:00 UTC.
+        (datetime(2026, 6, 30, 12, tzinfo=UTC), datetime(2026, 7, 1, 8, tzinfo=UTC)),
+    ],
+)
+def test_month_end_cutoff(usage_hour: datetime, cutoff: datetime) -> None:
+    assert month_end_cutoff(usage_hour) == cutoff
+
+
+def test_gcp_month_end_cutoff_binds_before_a_long_configured_deadline() -> None:
+    rules = Deadlines({**HOURS, "GCP": Decimal(6)})
+    last_hour = datetime(2026, 11, 30, 23, tzinfo=UTC)
+    assert rules.deadline(last_hour, "GCP") == datetime(2026, 12, 1, 6, tzinfo=UTC)  # 6 h after 00:00
+    late_hour = datetime(2026, 12, 1, 6, tzinfo=UTC)  # Nov 30 22:00 in California
+    assert rules.deadline(late_hour, "GCP") == datetime(2026, 12, 1, 9, tzinfo=UTC)  # not 13:00: the cutoff
+    aws = Deadlines({**HOURS, "AWS": Decimal(6)})
+    assert aws.deadline(late_hour, "AWS") == datetime(2026, 12, 1, 12, tzinfo=UTC)  # AWS has no such cutoff
 
 
 def test_configured_hours_are_used() -> None:
-    hours = {**HOURS, "AWS": Decimal(24), "GCP": Decimal("0.5")}
-    assert deadline(TS, "AWS", hours) == datetime(2026, 11, 26, 14, tzinfo=UTC)
-    assert deadline(TS, "GCP", hours) == datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
-    assert not is_expired(datetime(2026, 11, 25, 14, 29, 59, tzinfo=UTC), TS, "GCP", hours)
-    assert is_expired(datetime(2026, 11, 25, 14, 30, tzinfo=UTC), TS, "GCP", hours)
+    rules = Deadlines({**HOURS, "AWS": Decimal(24), "GCP": Decimal("0.5")}, timedelta(0))
+    assert rules.deadline(TS, "AWS") == datetime(2026, 11, 26, 13, tzinfo=UTC)
+    assert rules.deadline(TS, "GCP") == datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
 
 
 def test_unknown_partner_raises() -> None:
     with pytest.raises(KeyError):
-        deadline(TS, "ORACLE", HOURS)
+        RULES.deadline(TS, "ORACLE")
 
 
 def test_other_timezones_compare_as_instants() -> None:
-    plus_two = timezone(timedelta(hours=2))
-    now = datetime(2026, 11, 25, 17, tzinfo=plus_two)  # 15:00 UTC: the GCP deadline
-    assert is_expired(now, TS, "GCP", HOURS)
-    assert not is_expired(now - EPS, TS, "GCP", HOURS)
+    now = datetime(2026, 11, 25, 17, tzinfo=timezone(timedelta(hours=2)))  # 15:00 UTC: the GCP deadline
+    assert RULES.is_expired(now, TS, "GCP")
+    assert not RULES.is_expired(now - EPS, TS, "GCP")
 
 
-@given(
-    st.sampled_from(["AWS", "AZURE", "GCP"]),
-    st.integers(min_value=-3 * 86_400, max_value=3 * 86_400),
-)
-def test_is_expired_matches_deadline(partner: str, offset_seconds: int) -> None:
+@given(st.sampled_from(["AWS", "AZURE", "GCP"]), st.integers(min_value=-3 * 86_400, max_value=3 * 86_400))
+def test_urgency_matches_deadline_and_lag(partner: str, offset_seconds: int) -> None:
     now = TS + timedelta(seconds=offset_seconds)
-    assert is_expired(now, TS, partner, HOURS) is (now >= deadline(TS, partner, HOURS))
+    left = RULES.deadline(TS, partner) - now
+    expected = Urgency.EXPIRED if left <= timedelta(0) else Urgency.AT_RISK if left < RULES.forward_lag else Urgency.OK
+    assert RULES.urgency(now, TS, partner) is expected
 
 
-# ---------------------------------------------------------------------------------------------------------
-# send_order
-
-
-def test_urgent_is_one_hour() -> None:
-    assert URGENT == timedelta(hours=1)
-
-
-def test_send_order_urgency_boundary() -> None:
-    due = deadline(TS, "AWS", HOURS)  # 20:00
-    assert send_order(due - timedelta(hours=1), TS, "AWS", HOURS) == (0, due)
-    assert send_order(due - timedelta(hours=1) - EPS, TS, "AWS", HOURS) == (1, due)
-    assert send_order(due - timedelta(minutes=5), TS, "AWS", HOURS) == (0, due)
-    assert send_order(TS, TS, "AWS", HOURS) == (1, due)
-
-
-def test_send_order_puts_groups_near_their_deadline_first() -> None:
+def test_send_order_puts_groups_at_risk_first_then_by_deadline() -> None:
     now = datetime(2026, 11, 25, 14, 10, tzinfo=UTC)
     groups = [
-        ("azure-13", TS, "AZURE"),  # due 2026-11-26 14:00, not urgent
-        ("aws-13", TS, "AWS"),  # due 20:00, not urgent
-        ("gcp-13", TS, "GCP"),  # due 15:00, 50 min left: urgent
-        ("aws-08", datetime(2026, 11, 25, 8, tzinfo=UTC), "AWS"),  # due 15:00, 50 min left: urgent
-        ("gcp-12", datetime(2026, 11, 25, 12, tzinfo=UTC), "GCP"),  # due 14:00, already past: urgent
-        ("aws-12", datetime(2026, 11, 25, 12, tzinfo=UTC), "AWS"),  # due 19:00, not urgent
+        ("azure-13", TS, "AZURE"),  # due 2026-11-26 13:00
+        ("aws-13", TS, "AWS"),  # due 19:00
+        ("gcp-13", TS, "GCP"),  # due 15:00, 50 min left: at risk
+        ("aws-09", datetime(2026, 11, 25, 9, tzinfo=UTC), "AWS"),  # due 15:00, 50 min left: at risk
+        ("aws-12", datetime(2026, 11, 25, 12, tzinfo=UTC), "AWS"),  # due 18:00
     ]
-    ordered = sorted(groups, key=lambda g: send_order(now, g[1], g[2], HOURS))
-    names = [g[0] for g in ordered]
-    assert names[:3] == ["gcp-12", "gcp-13", "aws-08"] or names[:3] == ["gcp-12", "aws-08", "gcp-13"]
-    assert names[3:] == ["aws-12", "aws-13", "azure-13"]
+    names = [g[0] for g in sorted(groups, key=lambda g: RULES.send_order(now, g[1], g[2]))]
+    assert set(names[:2]) == {"gcp-13", "aws-09"}
+    assert names[2:] == ["aws-12", "aws-13", "azure-13"]
 
 
-def test_urgent_gcp_group_precedes_older_aws_group() -> None:
-    now = datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
-    gcp = send_order(now, TS, "GCP", HOURS)  # due 15:00
-    aws = send_order(now, datetime(2026, 11, 25, 9, tzinfo=UTC), "AWS", HOURS)  # due 16:00, 1.5 h left
-    assert gcp < aws
-    assert gcp[0] == 0 and aws[0] == 1
+def test_describe_names_the_rule() -> None:
+    assert RULES.describe("AWS") == "the AWS deadline (6 h after the group's timestamp)"
+    assert "end of its usage hour" in RULES.describe("GCP") and "US Pacific" in RULES.describe("GCP")

@@ -75,8 +75,15 @@ def test_window_reports_exact_groups_per_partner_and_rerun_adds_nothing(sandbox:
         assert group["id"] == record_group_id(sandbox.org_id, ent, "quantity", START, 0)
     assert checks(result) == {
         "mapping_completeness": True, "customer_linkage": False,
-        "usage_verification": True, "suger_record_status": True, "report_deadline": True,
+        "usage_verification": True, "suger_record_status": True, "report_deadline": False,
     }
+    # GCP wants usage within 1 h of the end of its hour: handed over at 14:05 for a 15:00 deadline, inside
+    # Suger's 60 min forwarding lag. Sent (urgent first), and the check warns with its dollars.
+    deadline = next(e for e in result.get_asset_check_evaluations() if e.check_name == "report_deadline")
+    assert deadline.severity == dg.AssetCheckSeverity.WARN
+    assert deadline.metadata["at_risk_groups"].value == 1 and deadline.metadata["expired_groups"].value == 0
+    assert "at risk: $0.70 handed to Suger less than 60 min before the marketplace deadline (GCP 1 groups" \
+        in deadline.description
     linkage = next(e for e in result.get_asset_check_evaluations() if e.check_name == "customer_linkage")
     assert w.carol in linkage.metadata["details"].value and "'cpu_hours' = 7" in linkage.metadata["details"].value
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("sent", 3)]

@@ -153,16 +153,16 @@ def test_late_decrease_is_recorded_as_over_reported_and_sends_nothing(
 def test_window_past_every_deadline_in_use_is_not_reread(
     sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
 ) -> None:
-    """AWS (6 h after the hour) is the widest deadline in use: 13:00 is re-read until 20:00, not after."""
+    """AWS (6 h after the group's timestamp) is the widest deadline in use: 13:00 is re-read until 19:00."""
     w = build_world(sandbox)
     run_ok(pipeline, KEY)
     sandbox.metronome.set_usage(w.alice, w.cpu, START, 12)
-    assert [r.partition_key for r in tick(pipeline, instance, LATE_USAGE_SENSOR, at(19, 59)).run_requests] == [KEY]
+    assert [r.partition_key for r in tick(pipeline, instance, LATE_USAGE_SENSOR, at(18, 59)).run_requests] == [KEY]
 
     sandbox.metronome_log.clear()
-    late = tick(pipeline, instance, LATE_USAGE_SENSOR, at(20, 0))
+    late = tick(pipeline, instance, LATE_USAGE_SENSOR, at(19, 0))
     assert late.run_requests == []
-    assert "widest deadline in use (AWS, 6 h" in late.skip_message
+    assert "widest deadline in use, the AWS deadline (6 h after the group's timestamp)" in late.skip_message
     assert usage_posts(sandbox) == []  # not even asked
 
 
@@ -245,7 +245,7 @@ def test_amount_increase_is_left_to_the_next_window_when_the_latest_is_past_its_
     sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
 ) -> None:
     invoice, _ = amount_world(sandbox, pipeline)
-    pipeline.settings["marketplace_deadline_hours"] = {"AWS": "0.25"}  # 13:00 closes for AWS at 14:15
+    pipeline.settings["marketplace_deadline_hours"] = {"AWS": "1.25"}  # 13:00 + 1.25 h: closes for AWS at 14:15
     run_ok(pipeline, KEY, at(14, 5))
     sandbox.metronome.set_invoice_total(invoice, 12500, effective_at=at(14, 10))
     data = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 20))
@@ -320,7 +320,7 @@ def test_report_failed_past_the_deadline_is_expired_not_retried(
     assert retry_posts(sandbox) == []
     [(_, status, suger_status, _, message)] = ledger(pipeline, w.bob_gcp)
     assert (status, suger_status) == ("expired", "REPORT_FAILED")
-    assert "past the GCP deadline of 1 h: not retried" in message
+    assert "past the GCP deadline (1 h after the end of its usage hour" in message
 
 
 def test_invalid_group_becomes_rejected(sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance) -> None:
