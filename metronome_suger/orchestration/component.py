@@ -95,6 +95,7 @@ class MetronomeSugerComponent(dg.Component, dg.Model, dg.Resolvable):
     customer_links: Annotated[Inline[list[CustomerLink]], _key("customer_links")] = None
     invoice_change_policy: Annotated[Inline[InvoiceChangePolicy], _key("invoice_change_policy")] = None
     marketplace_deadline_hours: Annotated[Inline[dict[Partner, Decimal]], _key("marketplace_deadline_hours")] = None
+    suger_forward_lag_minutes: Annotated[Inline[int], _key("suger_forward_lag_minutes")] = None
     max_concurrency: Annotated[Inline[int], _key("max_concurrency")] = None
     storage: Annotated[Inline[StorageSettings], _key("storage")] = None
     key_prefix: Annotated[Inline[list[str]], _key("key_prefix")] = None

@@ -63,15 +63,15 @@ def _due(
                 continue
             expired = []
             for group in groups_in_window(conn, window, ("pending",)):
-                urgency = deadlines.urgency(now, group.timestamp, group.partner)
+                urgency = deadlines.urgency(now, group.timestamp, group.partner, group.ended_at)
                 if urgency is Urgency.EXPIRED:
                     expired.append(Change(group.record_group_id, group.status, Event.DEADLINE_PASSED,
-                                          message=f"past {deadlines.describe(group.partner)}"))
+                                          message=f"past {deadlines.describe(group.partner, group.ended_at)}"))
                 else:
                     out.at_risk += urgency is Urgency.AT_RISK
                     todo.append(group)
             out.expired += record(conn, expired, now)
-    return sorted(todo, key=lambda g: deadlines.send_order(now, g.timestamp, g.partner))
+    return sorted(todo, key=lambda g: deadlines.send_order(now, g.timestamp, g.partner, g.ended_at))
 
 
 def report_windows(
@@ -124,8 +124,8 @@ def deadline_status(connect: Connect, window: Window, deadlines: Deadlines, now:
     at_risk: dict[str, tuple[int, Decimal]] = {}
     with connect(read_only=True) as conn:
         expired = {p: (n, Decimal(d)) for p, n, d in expired_by_partner(conn, window)}
-        for partner, timestamp, handed_over, dollars in handovers(conn, window):
-            if deadlines.urgency(handed_over or now, timestamp, partner) is not Urgency.OK:
+        for partner, timestamp, ended_at, handed_over, dollars in handovers(conn, window):
+            if deadlines.urgency(handed_over or now, timestamp, partner, ended_at) is not Urgency.OK:
                 groups, total = at_risk.get(partner, (0, Decimal(0)))
                 at_risk[partner] = (groups + 1, total + Decimal(dollars))
     return DeadlineStatus(expired, dict(sorted(at_risk.items())))

@@ -22,7 +22,8 @@ def _message(group: LedgerGroup, event: Event, deadlines: Deadlines, no_retry: s
     return {
         Event.INVALID: "Suger marked the group INVALID",
         Event.DELETED: "the group was deleted at Suger: it will not be reported",
-        Event.DEADLINE_PASSED: f"{FAILED} and it is past {deadlines.describe(group.partner)}: not retried",
+        Event.DEADLINE_PASSED: f"{FAILED} and it is past "
+                               f"{deadlines.describe(group.partner, group.ended_at)}: not retried",
         Event.RETRIES_EXHAUSTED: f"{FAILED} again after {MAX_STATUS_RETRIES} retries: given up",
         Event.REPORT_FAILED: f"{FAILED}; not retried: {no_retry}",
         Event.RETRY: f"{FAILED}; retry {group.retries + 1} of {MAX_STATUS_RETRIES} requested",
@@ -72,7 +73,7 @@ def poll_statuses(
                                                                            end_date=now.date() + timedelta(days=1))}
         changes = []
         for gid, group in waiting.items():
-            expired = deadlines.is_expired(now, group.timestamp, group.partner)
+            expired = deadlines.is_expired(now, group.timestamp, group.partner, group.ended_at)
             event = status_event(listed.get(gid), previous=group.suger_status, expired=expired,
                                  retries=group.retries, may_retry=no_retry is None)
             if event is not None:
@@ -80,7 +81,8 @@ def poll_statuses(
                                       _message(group, event, deadlines, no_retry)))
         retries = sorted((c for c in changes if c.event == Event.RETRY),
                          key=lambda c: deadlines.send_order(now, waiting[c.record_group_id].timestamp,
-                                                            waiting[c.record_group_id].partner))
+                                                            waiting[c.record_group_id].partner,
+                                                            waiting[c.record_group_id].ended_at))
         postponed = {c.record_group_id for c in retries[retries_per_tick:]}
         changes = [c for c in changes if c.record_group_id not in postponed]
         # The retry is counted before it is requested: a crash in between can only under-use the budget.
@@ -110,5 +112,6 @@ def poll_statuses(
     out.missing = sum(1 for g in waiting if g not in listed)
     out.left_for_next_tick = len(postponed)
     out.held = sum(1 for g in waiting.values() if no_retry and listed.get(g.record_group_id) == "REPORT_FAILED"
-                   and g.retries < MAX_STATUS_RETRIES and not deadlines.is_expired(now, g.timestamp, g.partner))
+                   and g.retries < MAX_STATUS_RETRIES
+                   and not deadlines.is_expired(now, g.timestamp, g.partner, g.ended_at))
     return out

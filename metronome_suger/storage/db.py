@@ -35,6 +35,13 @@ def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyCo
     return opener(str(path), read_only=read_only)
 
 
+def sql_list(values: Sequence[str]) -> str:
+    """A SQL list literal of our own constants (never of input: no quoting is done beyond this)."""
+    if any("'" in v for v in values):
+        raise ValueError(f"not a constant: {values!r}")
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
 @contextmanager
 def connect(
     path: str | Path, *, read_only: bool = False, lock_timeout: float = 120.0

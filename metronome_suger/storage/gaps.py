@@ -39,8 +39,8 @@ def unlinked_usage(scope: WindowScope) -> list[tuple[str, str, Decimal, list[tup
     no usable link for the window; the list holds the customer's entitlements that are not usable for it."""
     rows = scope.conn.execute(
         f"""SELECT s.customer_id, s.source_key, s.value,
-                   coalesce((SELECT list((e.entitlement_id, coalesce(e.status, ''), e.end_time)
-                                         ORDER BY e.entitlement_id)
+                   coalesce((SELECT list(struct_pack(id := e.entitlement_id, status := coalesce(e.status, ''),
+                                                     ended := e.end_time) ORDER BY e.entitlement_id)
                              FROM entitlements e
                              WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
                                AND e.metronome_customer_id = s.customer_id), [])
@@ -48,7 +48,8 @@ def unlinked_usage(scope: WindowScope) -> list[tuple[str, str, Decimal, list[tup
         WHERE s.value <> 0 AND s.customer_id NOT IN (SELECT customer_id FROM {scope.links})
         ORDER BY 1, 2"""
     ).fetchall()
-    return [(customer, key, value, [tuple(e.values()) for e in ents]) for customer, key, value, ents in rows]
+    return [(customer, key, value, [(e["id"], e["status"], e["ended"]) for e in ents])
+            for customer, key, value, ents in rows]
 
 
 def multi_linked(scope: WindowScope) -> list[tuple[str, int, str]]:

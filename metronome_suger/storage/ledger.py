@@ -15,8 +15,9 @@ from typing import Any
 import duckdb
 
 from metronome_suger.core.ledger import NEEDS_ATTENTION, STATES, SUGER_STATUSES, Event, transition
+from metronome_suger.core.linkage import ENDED_STATUSES
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.db import QTY, bulk_insert, sql_list
 
 # Closed groups are history: Suger holds them (even one it later marked INVALID or gave up forwarding,
 # which ``suger_record_status`` surfaces), or they expired. Open groups never reached Suger (pending, or
@@ -38,16 +39,22 @@ class LedgerGroup:
     suger_status: str | None
     retries: int
     sent_at: datetime | None
+    ended_at: datetime | None = None  # the entitlement's cancellation time, if it was cancelled
 
 
+# When the group's entitlement was cancelled (the latest snapshot's end time of an ended status), over
+# a ``report_ledger`` row: some marketplaces take the remaining usage only for a while after it.
+ENDED_AT_SQL = f"""(SELECT max(e.end_time) FROM entitlements e
+    WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+      AND e.entitlement_id = report_ledger.entitlement_id AND e.status IN {sql_list(ENDED_STATUSES)})"""
 _COLUMNS = ("record_group_id, revision, entitlement_id, customer_id, partner, window_start, timestamp, "
-            "records, status, suger_status, retries, coalesce(sent_at, created_at)")
+            f"records, status, suger_status, retries, coalesce(sent_at, created_at), {ENDED_AT_SQL}")
 
 
 def _group(row: tuple[Any, ...]) -> LedgerGroup:
-    gid, rev, ent, cust, partner, wstart, ts, records, status, suger, retries, sent_at = row
-    return LedgerGroup(gid, rev, ent, cust, partner, wstart, ts,
-                       {k: Decimal(v) for k, v in json.loads(records).items()}, status, suger, retries, sent_at)
+    gid, rev, ent, cust, partner, wstart, ts, records, status, suger, retries, sent_at, ended_at = row
+    lines = {k: Decimal(v) for k, v in json.loads(records).items()}
+    return LedgerGroup(gid, rev, ent, cust, partner, wstart, ts, lines, status, suger, retries, sent_at, ended_at)
 
 
 def groups_in_window(
@@ -204,11 +211,11 @@ def suger_status_counts(conn: duckdb.DuckDBPyConnection, window: Window) -> dict
 
 def handovers(
     conn: duckdb.DuckDBPyConnection, window: Window
-) -> list[tuple[str, datetime, datetime | None, Decimal]]:
-    """(partner, timestamp, handed over at, dollars) of the groups handed to Suger or still waiting to be
-    (``None``): what the deadline check weighs against each marketplace's deadline."""
+) -> list[tuple[str, datetime, datetime | None, datetime | None, Decimal]]:
+    """(partner, timestamp, entitlement ended at, handed over at, dollars) of the groups handed to Suger or
+    still waiting to be (``None``): what the deadline check weighs against each marketplace's deadline."""
     return conn.execute(
-        """SELECT partner, timestamp, CASE WHEN status = 'pending' THEN NULL ELSE sent_at END,
+        f"""SELECT partner, timestamp, {ENDED_AT_SQL}, CASE WHEN status = 'pending' THEN NULL ELSE sent_at END,
                   coalesce(dollars, 0)
         FROM report_ledger WHERE window_start >= ? AND window_start < ?
           AND status IN ('pending', 'sent', 'accepted') ORDER BY timestamp, record_group_id""",

@@ -152,3 +152,13 @@ def test_send_order_puts_groups_at_risk_first_then_by_deadline() -> None:
 def test_describe_names_the_rule() -> None:
     assert RULES.describe("AWS") == "the AWS deadline (6 h after the group's timestamp)"
     assert "end of its usage hour" in RULES.describe("GCP") and "US Pacific" in RULES.describe("GCP")
+
+
+def test_aws_takes_remaining_usage_for_one_hour_after_a_cancellation() -> None:
+    cancelled = datetime(2026, 11, 25, 13, 20, tzinfo=UTC)
+    assert RULES.deadline(TS, "AWS", cancelled) == datetime(2026, 11, 25, 14, 20, tzinfo=UTC)  # not 19:00
+    assert RULES.deadline(TS, "AZURE", cancelled) == RULES.deadline(TS, "AZURE")  # Azure: its usual 24 h
+    assert RULES.deadline(TS, "GCP", cancelled) == RULES.deadline(TS, "GCP")  # GCP: its usual hour
+    far = datetime(2026, 11, 26, tzinfo=UTC)
+    assert RULES.deadline(TS, "AWS", far) == RULES.deadline(TS, "AWS")  # the earlier bound wins
+    assert RULES.describe("AWS", cancelled).endswith("and 1 h after the cancellation at 2026-11-25T13:20Z)")
