@@ -3,7 +3,7 @@
 Not a test: nothing is asserted on wall-clock time. It builds a sandbox with N customers (each
 linked to exactly one Suger entitlement, marketplaces spread over AWS / AZURE / GCP) and M billable
 metrics with deterministic hourly usage (``quantity``) or one USD invoice per customer
-(``amount_hourly``), ``strict_usage_bounds`` on, and runs the whole Dagster job for partition
+(``amount_hourly``), and runs the whole Dagster job for partition
 2026-11-25-13:00 twice:
 
 * ``first``  - the window as the schedule runs it (everything is computed and sent);
@@ -346,7 +346,6 @@ def one_pass(args: argparse.Namespace, name: str, *, trace: bool) -> list[RunRes
     with tempfile.TemporaryDirectory(prefix="metronome_suger_bench_") as tmp:
         started = time.perf_counter()
         sandbox = Sandbox(customers=0, now=NOW)
-        sandbox.metronome.strict_usage_bounds = True
         populate(sandbox, args.customers, args.metrics, args.mode)
         setup_s = time.perf_counter() - started
         os.environ.update(sandbox.env())

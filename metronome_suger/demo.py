@@ -133,7 +133,6 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
     if DEMO_DB.parent.exists():
         shutil.rmtree(DEMO_DB.parent)
     with Sandbox(seed=seed, customers=customers, now=chosen[0].end) as sandbox:
-        sandbox.metronome.strict_usage_bounds = True  # as real Metronome: /v1/usage on UTC midnights
         os.environ.update(sandbox.env())
         demo_config = sandbox_config(
             config, metronome_url=sandbox.metronome_url, suger_url=sandbox.suger_url,

@@ -40,7 +40,6 @@ def sandbox() -> Iterator[Sandbox]:
     """An empty sandbox (no generated customers), clock frozen at NOW, as strict as real Metronome
     about ``POST /v1/usage`` bounds (UTC midnights)."""
     with Sandbox(customers=0, now=NOW) as running:
-        running.metronome.strict_usage_bounds = True
         yield running
 
 

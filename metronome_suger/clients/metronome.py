@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr, TypeAdapter
 
+from metronome_suger.clients.errors import NotFoundError
 from metronome_suger.clients.http import (
     DEFAULT_TIMEOUT,
     DEFAULT_USER_AGENT,
@@ -45,17 +46,19 @@ _CUSTOMER = TypeAdapter(Customer)
 _METRICS = TypeAdapter(list[BillableMetric])
 _USAGE = TypeAdapter(list[UsageRow])
 _INVOICES = TypeAdapter(list[Invoice])
+_INVOICE = TypeAdapter(Invoice)
 
 _WINDOW_SIZES = {"HOUR", "DAY", "NONE"}
+# SDK metronome/types/v1/customers/invoice_list_params.py: `type`.
+_INVOICE_TYPES = {"USAGE", "USAGE_CONSOLIDATED", "SCHEDULED"}
 
 
-def _floor_day(value: datetime) -> datetime:
-    return value.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _ceil_day(value: datetime) -> datetime:
-    floor = _floor_day(value)
-    return floor if floor == value else floor + timedelta(days=1)
+def _day_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC days covering ``[start, end)`` (both UTC, ``start < end``): UTC midnights, at
+    least one day apart."""
+    floor = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    ceil = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    return floor, ceil if ceil == end else ceil + timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -168,16 +171,16 @@ class MetronomeClient(JsonApiClient):
         window_size: str = "HOUR",
         customer_ids: Sequence[str] | None = None,
         billable_metric_ids: Sequence[str] | None = None,
-        day_aligned: bool = True,
     ) -> Iterator[UsageRow]:
         """Aggregated usage rows from ``POST /v1/usage`` (filters in the body, cursor in the query).
 
-        Metronome documents this endpoint's bounds as "aligned to UTC midnight and at least one day
-        apart", so by default (``day_aligned``) the request is widened to whole UTC days and only
-        the rows whose window lies inside ``[starting_on, ending_before)`` are yielded; an hourly
-        window therefore works whether or not the server enforces that rule. ``day_aligned=False``
-        sends the bounds as given. ``None`` filters mean "all"; an *empty* list means "none" and
-        yields nothing without a call (sending ``[]`` could be read as "no filter").
+        Metronome takes only bounds "aligned to UTC midnight" and "at least one day" apart (SDK
+        ``metronome/types/v1/usage_list_params.py``), so the request always covers the whole UTC days
+        around ``[starting_on, ending_before)`` and only the rows whose window lies inside it are
+        yielded: an hourly window is read from its day. There is no way to send other bounds.
+        ``window_size`` NONE aggregates the whole requested range, so its bounds must already be UTC
+        midnights. ``None`` filters mean "all"; an *empty* list means "none" and yields nothing
+        without a call (sending ``[]`` could be read as "no filter").
         """
         start = require_aware(starting_on, "starting_on")
         end = require_aware(ending_before, "ending_before")
@@ -188,14 +191,12 @@ class MetronomeClient(JsonApiClient):
             raise ValueError(
                 f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}"
             )
-        query_start, query_end = (
-            (_floor_day(start), _ceil_day(end)) if day_aligned else (start, end)
-        )
+        query_start, query_end = _day_bounds(start, end)
         widened = (query_start, query_end) != (start, end)
         if widened and size == "NONE":
             raise ValueError(
-                "window_size NONE aggregates the whole range, so its bounds must already be UTC "
-                "midnights when day_aligned is on"
+                "window_size NONE aggregates the whole range, so starting_on and ending_before "
+                "must be UTC midnights (Metronome accepts no other bounds)"
             )
         if (customer_ids is not None and not customer_ids) or (
             billable_metric_ids is not None and not billable_metric_ids
@@ -225,7 +226,6 @@ class MetronomeClient(JsonApiClient):
         window_size: str = "HOUR",
         customer_ids: Sequence[str] | None = None,
         billable_metric_ids: Sequence[str] | None = None,
-        day_aligned: bool = True,
     ) -> list[UsageRow]:
         """:meth:`iter_usage`, collected."""
         return list(
@@ -235,7 +235,6 @@ class MetronomeClient(JsonApiClient):
                 window_size=window_size,
                 customer_ids=customer_ids,
                 billable_metric_ids=billable_metric_ids,
-                day_aligned=day_aligned,
             )
         )
 
@@ -246,20 +245,30 @@ class MetronomeClient(JsonApiClient):
         customer_id: str,
         *,
         status: str | None = None,
+        invoice_type: str | None = None,
+        credit_type_id: str | None = None,
+        skip_zero_qty_line_items: bool = False,
         starting_on: datetime | None = None,
         ending_before: datetime | None = None,
-        credit_type_id: str | None = None,
         sort: str = "date_asc",
     ) -> list[Invoice]:
-        """A customer's invoices; date filters apply to the billing period. ``sort`` is always sent
-        because Metronome documents two different defaults."""
+        """A customer's invoices, filtered by Metronome (SDK ``metronome/types/v1/customers/
+        invoice_list_params.py``): ``status`` is one value (``DRAFT``, ``FINALIZED``, ``VOID``),
+        ``invoice_type`` is sent as ``type`` (``USAGE``, ``USAGE_CONSOLIDATED``, ``SCHEDULED``), the
+        dates apply to the billing period. ``sort`` is always sent because Metronome documents two
+        different defaults. There is no cross-customer invoice list: one call (and its pages) per
+        customer."""
+        if invoice_type is not None and invoice_type not in _INVOICE_TYPES:
+            raise ValueError(f"invoice_type must be one of {sorted(_INVOICE_TYPES)}, got {invoice_type!r}")
         params = {
             "status": status,
+            "type": invoice_type,
+            "credit_type_id": credit_type_id,
+            "skip_zero_qty_line_items": True if skip_zero_qty_line_items else None,
             "starting_on": require_aware(starting_on, "starting_on") if starting_on else None,
             "ending_before": (
                 require_aware(ending_before, "ending_before") if ending_before else None
             ),
-            "credit_type_id": credit_type_id,
             "sort": sort,
         }
         path = f"/v1/customers/{path_segment(customer_id)}/invoices"
@@ -270,9 +279,11 @@ class MetronomeClient(JsonApiClient):
         customer_ids: Sequence[str],
         *,
         status: str | None = None,
+        invoice_type: str | None = None,
+        credit_type_id: str | None = None,
+        skip_zero_qty_line_items: bool = False,
         starting_on: datetime | None = None,
         ending_before: datetime | None = None,
-        credit_type_id: str | None = None,
         sort: str = "date_asc",
     ) -> dict[str, list[Invoice]]:
         """:meth:`list_invoices` for many customers on at most ``max_workers`` threads (input order
@@ -283,12 +294,42 @@ class MetronomeClient(JsonApiClient):
             return self.list_invoices(
                 customer_id,
                 status=status,
+                invoice_type=invoice_type,
+                credit_type_id=credit_type_id,
+                skip_zero_qty_line_items=skip_zero_qty_line_items,
                 starting_on=starting_on,
                 ending_before=ending_before,
-                credit_type_id=credit_type_id,
                 sort=sort,
             )
 
         results = map_bounded(one, unique, max_workers=self.max_workers)
         return dict(zip(unique, results, strict=True))
 
+    def get_invoice(
+        self, customer_id: str, invoice_id: str, *, skip_zero_qty_line_items: bool = False
+    ) -> Invoice:
+        """One invoice as it is now (``GET /v1/customers/{customer_id}/invoices/{invoice_id}``,
+        ``{"data": {...}}``); :class:`NotFoundError` if Metronome does not know it."""
+        path = f"/v1/customers/{path_segment(customer_id)}/invoices/{path_segment(invoice_id)}"
+        params = {"skip_zero_qty_line_items": True if skip_zero_qty_line_items else None}
+        payload = self.request("GET", path, params=params)
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("data"), Mapping):
+            raise self.malformed("GET", path, "expected a JSON object with a 'data' object")
+        return self.parse_model(_INVOICE, payload["data"], "GET", path, loc_prefix="data")
+
+    def get_invoices(
+        self, refs: Sequence[tuple[str, str]], *, skip_zero_qty_line_items: bool = False
+    ) -> dict[tuple[str, str], Invoice | None]:
+        """:meth:`get_invoice` for many ``(customer_id, invoice_id)`` pairs on at most
+        ``max_workers`` threads (input order kept); ``None`` for an invoice Metronome answers 404
+        for, so one missing invoice does not hide the others."""
+        unique = list(dict.fromkeys(refs))
+
+        def one(ref: tuple[str, str]) -> Invoice | None:
+            try:
+                return self.get_invoice(*ref, skip_zero_qty_line_items=skip_zero_qty_line_items)
+            except NotFoundError:
+                return None
+
+        results = map_bounded(one, unique, max_workers=self.max_workers)
+        return dict(zip(unique, results, strict=True))

@@ -18,6 +18,7 @@ from metronome_suger.clients.types import ApiModel, UtcDatetime
 __all__ = [
     "USD_CREDIT_TYPE_ID",
     "BillableMetric",
+    "CorrectionRecord",
     "CreditType",
     "Customer",
     "Invoice",
@@ -101,8 +102,21 @@ class LineItem(ApiModel):
     pricing_group_values: dict[str, str] | None = None
 
 
+class CorrectionRecord(ApiModel):
+    """What a correction invoice corrects (present on correction invoices only)."""
+
+    corrected_invoice_id: str
+    memo: str | None = None
+    reason: str | None = None
+
+
 class Invoice(ApiModel):
-    """A Metronome invoice; ``total`` is in ``credit_type`` units (cents for USD)."""
+    """A Metronome invoice; ``total`` is in ``credit_type`` units (cents for USD).
+
+    Lineage (SDK ``metronome/types/v1/customers/invoice.py``): a re-issued (regenerated) invoice
+    names the invoice it replaces in ``regenerated_from_invoice_id``; ``correction_record`` and
+    ``created_at`` are present on correction invoices only.
+    """
 
     id: str
     customer_id: str
@@ -116,6 +130,8 @@ class Invoice(ApiModel):
     issued_at: UtcDatetime | None = None
     created_at: UtcDatetime | None = None
     contract_id: str | None = None
+    regenerated_from_invoice_id: str | None = None
+    correction_record: CorrectionRecord | None = None
     line_items: list[LineItem] = Field(default_factory=list)
     external_invoice: dict[str, Any] | None = None
 

@@ -9,8 +9,11 @@ What a history key is depends on ``invoice_change_policy``:
 
 - ``invoice`` keys by Metronome invoice id, as Suger does: an invoice voided and re-issued under a new
   id restarts at zero, so the re-issued invoice's whole total is reported again (a spike).
-- ``period`` (default) keys by customer, credit type and billing-period start: the re-issue of the same
-  period continues from what was already reported, so the same dollars are not reported twice.
+- ``period`` (default) follows lineage first and the billing period second: an invoice regenerated from
+  one already tracked (Metronome's ``regenerated_from_invoice_id``) continues that invoice's history, even
+  when the re-issue moves the period start; any other invoice keys by customer, credit type and
+  billing-period start. So a re-issue does not report the same dollars twice. A re-issue whose parent
+  was never tracked starts its own history, and is named (:class:`Orphan`).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +49,7 @@ class InvoiceView:
     period_end: datetime | None
     total_cents: Decimal
     usd: bool  # in Metronome's "USD (cents)" credit type
+    regenerated_from: str | None = None  # the invoice this one re-issues (``regenerated_from_invoice_id``)
 
 
 @dataclass(frozen=True)
@@ -83,13 +87,69 @@ def skip_reason(invoice: InvoiceView, window: Window, seen: Seen = Seen()) -> Sk
     return None
 
 
+PERIOD_PREFIX = "period:"
+
+
 def history_key(invoice: InvoiceView, policy: Policy) -> str:
-    """The key whose high water the invoice's total is compared with."""
+    """The invoice's own history key, before lineage: its id, or its customer + credit type + period."""
     if policy == "invoice":
         return f"invoice:{invoice.invoice_id}"
     if invoice.period_start is None:
         raise ValueError(f"invoice {invoice.invoice_id} has no billing period to key on")
-    return f"period:{invoice.customer_id}:{invoice.credit_type_id}:{iso(invoice.period_start)}"
+    return f"{PERIOD_PREFIX}{invoice.customer_id}:{invoice.credit_type_id}:{iso(invoice.period_start)}"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A re-issue whose parent this pipeline never tracked: it starts its own history."""
+
+    invoice_id: str
+    parent_id: str
+    customer_id: str
+    history_key: str
+
+    def note(self) -> str:
+        return (f"invoice {self.invoice_id} (customer {self.customer_id}) was regenerated from invoice "
+                f"{self.parent_id}, which this pipeline never tracked: it starts its own history "
+                f"({self.history_key}), so its whole total counts as new")
+
+
+def lineage_keys(
+    tracked: Sequence[InvoiceView], policy: Policy, recorded: Mapping[str, str]
+) -> tuple[dict[str, str], list[Orphan]]:
+    """The history key of each tracked invoice, and the re-issues that start their own history.
+
+    ``recorded``: invoice id -> the key an earlier observation filed it under. ``invoice`` policy: the
+    invoice id, always (Suger's rule). ``period`` policy, lineage first: the invoice's recorded key
+    (a key never changes once used), else its parent's (recorded, or decided in this same batch), else
+    its own billing-period key; a parent without a key makes the invoice an :class:`Orphan`.
+    """
+    if policy == "invoice":
+        return {inv.invoice_id: history_key(inv, policy) for inv in tracked}, []
+    known = {i: k for i, k in recorded.items() if k.startswith(PERIOD_PREFIX)}  # a policy switch starts over
+    batch = {inv.invoice_id: inv for inv in tracked}
+    keys: dict[str, str] = {}
+    orphans: list[Orphan] = []
+
+    def key_of(inv: InvoiceView, trail: frozenset[str]) -> str:
+        if inv.invoice_id in keys:
+            return keys[inv.invoice_id]
+        key = known.get(inv.invoice_id)
+        parent = inv.regenerated_from
+        if key is None and parent is not None:
+            if parent in known:
+                key = known[parent]
+            elif parent in batch and parent not in trail:
+                key = key_of(batch[parent], trail | {inv.invoice_id})
+            else:
+                key = history_key(inv, policy)
+                orphans.append(Orphan(inv.invoice_id, parent, inv.customer_id, key))
+        keys[inv.invoice_id] = key if key is not None else history_key(inv, policy)
+        return keys[inv.invoice_id]
+
+    for invoice in tracked:
+        key_of(invoice, frozenset())
+    return keys, orphans
 
 
 @dataclass(frozen=True)
@@ -108,6 +168,8 @@ class Selection:
     totals: list[KeyTotal] = field(default_factory=list)
     tracked: list[InvoiceView] = field(default_factory=list)
     skipped: list[tuple[InvoiceView, SkipReason]] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # tracked invoice id -> its history key
+    orphans: list[Orphan] = field(default_factory=list)
 
     def non_usd(self) -> list[tuple[str, str]]:
         """(customer, "credit type name (id)") of every skipped non-USD invoice, sorted, unique."""
@@ -122,18 +184,22 @@ class Selection:
 
 
 def select(
-    invoices: Iterable[InvoiceView], window: Window, policy: Policy, seen: Mapping[str, Seen]
+    invoices: Iterable[InvoiceView], window: Window, policy: Policy, seen: Mapping[str, Seen],
+    recorded: Mapping[str, str] | None = None,
 ) -> Selection:
-    """Split invoices into tracked and skipped, and total the tracked ones per history key."""
+    """Split invoices into tracked and skipped, key the tracked ones (:func:`lineage_keys`, with
+    ``recorded`` the keys earlier observations used), and total them per history key."""
     result = Selection()
-    grouped: dict[str, list[InvoiceView]] = {}
     for invoice in invoices:
         reason = skip_reason(invoice, window, seen.get(invoice.invoice_id, Seen()))
         if reason is None:
             result.tracked.append(invoice)
-            grouped.setdefault(history_key(invoice, policy), []).append(invoice)
         else:
             result.skipped.append((invoice, reason))
+    result.keys, result.orphans = lineage_keys(result.tracked, policy, recorded or {})
+    grouped: dict[str, list[InvoiceView]] = {}
+    for invoice in result.tracked:
+        grouped.setdefault(result.keys[invoice.invoice_id], []).append(invoice)
     for key in sorted(grouped):
         members = sorted(grouped[key], key=lambda inv: inv.invoice_id)
         result.totals.append(KeyTotal(

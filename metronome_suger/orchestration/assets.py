@@ -122,11 +122,13 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         if out.non_usd:
             context.log.warning("invoices in a credit type other than USD are not reported (amount modes report "
                                 "USD only): " + "; ".join(f"customer {c}: {t}" for c, t in out.non_usd))
+        for note in out.notes:
+            context.log.warning(note)
         context.log.info(f"{out.customers} linked customers, {out.invoices} invoices read, {out.tracked} tracked; "
                          f"{dollars_text(cents_to_dollars(out.new_cents))} newly observed above the high water")
         metadata: dict[str, Any] = {
             "dagster/row_count": out.invoices, "customers": out.customers, "customers_with_increase": out.paying,
-            "invoices_tracked": out.tracked,
+            "invoices_tracked": out.tracked, "final_reads": out.final_reads,
             "increase_dollars": dg.MetadataValue.float(float(cents_to_dollars(out.window_cents))),
             "increase_dollars_exact": dollars_text(cents_to_dollars(out.window_cents)),
             "new_increase_dollars": dg.MetadataValue.float(float(cents_to_dollars(out.new_cents))),
@@ -136,6 +138,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         if out.non_usd:
             metadata["skipped_non_usd_details"] = dg.MetadataValue.md(
                 "\n".join(f"- customer {c}: {t}" for c, t in out.non_usd))
+        if out.notes:
+            metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in out.notes))
         return dg.MaterializeResult(metadata=metadata)
 
     source = metronome_invoice_snapshots if config.amount_mode else metronome_usage

@@ -134,13 +134,23 @@ def _sort(request: Request) -> str:
     return sort
 
 
+# SDK metronome/types/v1/customers/invoice_list_params.py: `type: Literal[...]`.
+INVOICE_TYPES = ("USAGE", "USAGE_CONSOLIDATED", "SCHEDULED")
+
+
 async def list_invoices(request: Request) -> JSONResponse:
+    """One customer's invoices with the server-side filters of SDK `metronome/types/v1/customers/
+    invoice_list_params.py`: `status` (one value), `type`, `credit_type_id`, `starting_on` /
+    `ending_before` (billing period), `skip_zero_qty_line_items`, `sort` by `issued_at`. There is no
+    cross-customer list."""
     customer = _customer_or_404(request)
     limit = query_limit(request, DEFAULT_LIMIT)
     sort = _sort(request)
     status = request.query_params.get("status")
     credit_type_id = request.query_params.get("credit_type_id")
     invoice_type = request.query_params.get("type")
+    if invoice_type is not None and invoice_type.upper() not in INVOICE_TYPES:
+        raise bad_request(f"type must be one of {', '.join(INVOICE_TYPES)}")
     starting_on = query_time(request, "starting_on", required=False)
     ending_before = query_time(request, "ending_before", required=False)
     skip_zero = query_bool(request, "skip_zero_qty_line_items")

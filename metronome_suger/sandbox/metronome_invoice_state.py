@@ -54,8 +54,14 @@ class InvoicesMixin:
         credit_type: dict[str, str] = USD_CREDIT_TYPE,
         grace: timedelta = timedelta(hours=24),
         created_at: datetime | None = None,
+        regenerated_from: str | None = None,
+        corrects: str | None = None,
     ) -> dict[str, Any]:
-        """Add an invoice priced from usage (until `set_invoice_total` gives it a timeline)."""
+        """Add an invoice priced from usage (until `set_invoice_total` gives it a timeline).
+
+        `regenerated_from` names the invoice this one re-issues (rendered as
+        `regenerated_from_invoice_id`; `void_invoice(reissue=True)` sets it for a re-issue of the
+        same period, this allows another period); `corrects` makes it a correction invoice."""
         start, end = (
             require_utc(period_start, "period_start"),
             require_utc(period_end, "period_end"),
@@ -65,12 +71,16 @@ class InvoicesMixin:
         with self._lock:
             if customer_id not in self._customers:
                 raise KeyError(f"unknown customer {customer_id}")
+            for other in (regenerated_from, corrects):
+                if other is not None:
+                    self._invoice(other)  # KeyError naming it when unknown
             invoice_id = id or self.new_id()
             if invoice_id in self._invoices:
                 raise ValueError(f"invoice {invoice_id} already exists")
             created = require_utc(created_at, "created_at") if created_at else start
             record = InvoiceRecord(
-                invoice_id, customer_id, start, end, type, dict(credit_type), grace, created
+                invoice_id, customer_id, start, end, type, dict(credit_type), grace, created,
+                regenerated_from=regenerated_from, corrects=corrects,
             )
             self._invoices[invoice_id] = record
             return self._render(record)
@@ -150,7 +160,9 @@ class InvoicesMixin:
     def void_invoice(
         self, invoice_id: str, *, at: datetime, reissue: bool = True
     ) -> dict[str, Any] | None:
-        """From `at` on the invoice is VOID (total frozen); a re-issue continues the same period."""
+        """From `at` on the invoice is VOID (total frozen); a re-issue continues the same period and
+        is rendered with `regenerated_from_invoice_id` (not `correction_record`: that is for
+        correction invoices)."""
         void_at = require_utc(at, "at")
         with self._lock:
             record = self._invoice(invoice_id)
@@ -170,7 +182,7 @@ class InvoicesMixin:
                 max(void_at, record.created_at),
                 timeline=list(record.timeline) if record.timeline is not None else None,
                 credits=list(record.credits),
-                corrects=record.id,
+                regenerated_from=record.id,
             )
             record.reissued_as = new.id
             self._invoices[new.id] = new

@@ -40,7 +40,11 @@ class Credit:
 
 @dataclass
 class InvoiceRecord:
-    """One invoice. `timeline` (explicit totals) replaces usage pricing when set."""
+    """One invoice. `timeline` (explicit totals) replaces usage pricing when set.
+
+    Lineage as Metronome renders it (SDK `metronome/types/v1/customers/invoice.py`): a re-issue
+    (`void_invoice(reissue=True)`) is *regenerated from* the voided invoice; a correction invoice
+    (`corrects`) carries `correction_record` and `created_at`, which no other invoice has."""
 
     id: str
     customer_id: str
@@ -53,6 +57,7 @@ class InvoiceRecord:
     timeline: list[tuple[datetime, Decimal]] | None = None
     credits: list[Credit] = field(default_factory=list)
     void_at: datetime | None = None
+    regenerated_from: str | None = None
     corrects: str | None = None
     reissued_as: str | None = None
 
@@ -234,12 +239,14 @@ def render_invoice(
         "custom_fields": {},
         "external_invoice": None,
     }
-    if inv.corrects is not None:
+    if inv.regenerated_from is not None:
+        out["regenerated_from_invoice_id"] = inv.regenerated_from
+    if inv.corrects is not None:  # "present for correction invoices only"
         out["created_at"] = fmt(inv.created_at)
         out["correction_record"] = {
             "corrected_invoice_id": inv.corrects,
-            "memo": "Re-issued after void",
-            "reason": "Contract edit",
+            "memo": "Correction",
+            "reason": "Billing correction",
         }
     if window is not None:
         out["breakdown_start_timestamp"] = fmt(window[0])

@@ -53,9 +53,6 @@ class MetronomeState(InvoicesMixin):
 
     def __init__(self, clock: SandboxClock, *, seed: int = 0) -> None:
         self.clock = clock
-        # The SDK documents `POST /v1/usage` bounds as "aligned to UTC midnight"; real enforcement
-        # is unconfirmed, so the emulator only requires hour alignment unless this is switched on.
-        self.strict_usage_bounds = False
         self._lock = threading.RLock()
         self._rng = random.Random(f"metronome-state:{seed}")
         self._id_ns = uuid.uuid5(uuid.NAMESPACE_URL, f"metronome-suger-sandbox:{seed}")

@@ -30,7 +30,6 @@ from metronome_suger.sandbox.wire import (
     HOUR,
     add_months,
     floor_day,
-    floor_hour,
     fmt,
     json_number,
     month_start,
@@ -41,21 +40,24 @@ MAX_RANGE = timedelta(days=400)
 Window = tuple[datetime, datetime]
 
 
-def _range(state: MetronomeState, body: dict[str, Any], size: str) -> Window:
+def _range(body: dict[str, Any]) -> Window:
+    """The bounds of `POST /v1/usage` and `/v1/usage/groups`, as Metronome documents them for every
+    `window_size` (NONE included): "Must be aligned to UTC midnight" and `ending_before` "at least one
+    day after `starting_on`" (SDK 4.12 `metronome/types/v1/usage_list_params.py` and
+    `usage_list_with_groups_params.py`). Always enforced: a client that sends hour bounds fails here
+    exactly as it would against the real API."""
     for name in ("starting_on", "ending_before"):
         if body.get(name) is None:
             raise bad_request(f"{name} is required")
     start = parse_time(body["starting_on"], "starting_on")
     end = parse_time(body["ending_before"], "ending_before")
-    if end <= start:
-        raise bad_request("ending_before must be after starting_on")
+    for name, value in (("starting_on", start), ("ending_before", end)):
+        if value != floor_day(value):
+            raise bad_request(f"{name} must be aligned to UTC midnight, got {body[name]!r}")
+    if end - start < DAY:
+        raise bad_request("ending_before must be at least one day after starting_on")
     if end - start > MAX_RANGE:
         raise bad_request("the requested range is too long")
-    if state.strict_usage_bounds:
-        if start != floor_day(start) or end != floor_day(end):
-            raise bad_request("starting_on and ending_before must be aligned to UTC midnight")
-    elif size != "NONE" and (start != floor_hour(start) or end != floor_hour(end)):
-        raise bad_request("starting_on and ending_before must be aligned to a UTC hour")
     return start, end
 
 
@@ -147,7 +149,7 @@ async def usage(request: Request) -> JSONResponse:
     if body.get("window_size") is None:
         raise bad_request("window_size is required")
     size = window_size(body["window_size"], ("HOUR", "DAY", "NONE"))
-    start, end = _range(state, body, size)
+    start, end = _range(body)
     metrics = _selected_metrics(state, body)
     customers = _selected_customers(state, body)
     keys = _UsageKeys(customers, metrics, _windows(start, end, size))
@@ -189,7 +191,7 @@ async def usage_groups(request: Request) -> JSONResponse:
         start = month_start(state.clock.now())
         end = add_months(start, 1)
     else:
-        start, end = _range(state, body, size)
+        start, end = _range(body)
     group_by = _group_by(body)
     keys: list[tuple[Window, str | None]] = []
     for window in _windows(start, end, size):

@@ -10,11 +10,11 @@ from decimal import Decimal
 from typing import TypeVar
 
 from metronome_suger.clients.metronome import MetronomeClient
-from metronome_suger.core.amounts import Policy, select
+from metronome_suger.core.amounts import Policy
 from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
-from metronome_suger.steps.invoices import read_invoices
-from metronome_suger.storage.amounts import linked_customers, seen_before
+from metronome_suger.steps.invoices import read_invoices, window_selection
+from metronome_suger.storage.amounts import linked_customers
 from metronome_suger.storage.db import Connect
 from metronome_suger.storage.late_usage import (
     amount_window_was_run,
@@ -103,8 +103,7 @@ def amount_tick(
     with client() as metronome:
         views = read_invoices(metronome, part, window.start)
     with connect(read_only=True) as conn:
-        seen = seen_before(conn, window, [v.invoice_id for v in views])
-        totals = select(views, window, policy, seen).totals
+        totals = window_selection(conn, window, views, policy).totals
         high = high_waters(conn, [t.history_key for t in totals])
         rising = [t for t in totals if t.observed_cents > high.get(t.history_key, Decimal(0))]
         partners = customer_partners(conn, sorted({t.customer_id for t in rising}))

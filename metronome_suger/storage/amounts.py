@@ -6,7 +6,7 @@ it, and the cents that window attributes to the key. A window's attribution only
 what lets ``suger_usage_records`` send just the positive difference on a re-run.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -14,10 +14,9 @@ import duckdb
 
 from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
 from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
-from metronome_suger.core.linkage import USABLE_STATUSES
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
-from metronome_suger.storage.window import Source
+from metronome_suger.storage.window import USABLE_LINK_SQL, Source
 
 
 def linked_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
@@ -27,11 +26,9 @@ def linked_customers(conn: duckdb.DuckDBPyConnection) -> list[str]:
     (and named by ``customer_linkage``) rather than piling up into a spike when the link becomes usable.
     """
     rows = conn.execute(
-        """SELECT DISTINCT metronome_customer_id FROM entitlements
-        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-          AND list_contains(?::VARCHAR[], status)
+        f"""SELECT DISTINCT metronome_customer_id FROM entitlements
+        WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements) AND {USABLE_LINK_SQL}
         ORDER BY 1""",
-        [list(USABLE_STATUSES)],
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -50,18 +47,54 @@ def seen_before(conn: duckdb.DuckDBPyConnection, window: Window, invoice_ids: It
     return {invoice_id: Seen(bool(draft), bool(finalized)) for invoice_id, draft, finalized in rows}
 
 
+def awaiting_final(
+    conn: duckdb.DuckDBPyConnection, first: Window, last: Window, period_from: datetime
+) -> list[tuple[str, str]]:
+    """(customer, invoice) of each invoice tracked while open (a history key recorded, status neither
+    FINALIZED nor VOID) in a window before ``last`` and seen FINALIZED or VOID in no window before
+    ``first``, with a billing period starting at or after ``period_from``: the invoices whose final
+    total a run of ``first``..``last`` must still read once, even when a listing of DRAFT invoices no
+    longer returns them."""
+    rows = conn.execute(
+        """SELECT customer_id, invoice_id FROM invoice_snapshots
+        WHERE period_start >= ?
+        GROUP BY customer_id, invoice_id
+        HAVING bool_or(window_start < ? AND history_key IS NOT NULL
+                       AND upper(status) NOT IN ('FINALIZED', 'VOID'))
+           AND NOT bool_or(window_start < ? AND upper(status) IN ('FINALIZED', 'VOID'))
+        ORDER BY 1, 2""",
+        [period_from, last.start, first.start],
+    ).fetchall()
+    return [(customer, invoice) for customer, invoice in rows]
+
+
+def recorded_keys(conn: duckdb.DuckDBPyConnection, invoice_ids: Iterable[str]) -> dict[str, str]:
+    """Invoice id -> the history key its latest tracked snapshot was filed under (any window): what
+    lineage continues (``core.amounts.lineage_keys``)."""
+    rows = conn.execute(
+        """SELECT invoice_id, arg_max(history_key, window_start) FROM invoice_snapshots
+        WHERE history_key IS NOT NULL AND invoice_id IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY invoice_id""",
+        [sorted(set(invoice_ids))],
+    ).fetchall()
+    return {invoice_id: key for invoice_id, key in rows}
+
+
 _SNAPSHOT_COLUMNS = {
     "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR",
     "invoice_id": "VARCHAR", "invoice_type": "VARCHAR", "status": "VARCHAR", "credit_type_id": "VARCHAR",
     "credit_type_name": "VARCHAR", "period_start": "TIMESTAMPTZ", "period_end": "TIMESTAMPTZ",
-    "total_cents": QTY, "fetched_at": "TIMESTAMPTZ",
+    "total_cents": QTY, "fetched_at": "TIMESTAMPTZ", "regenerated_from_invoice_id": "VARCHAR",
+    "history_key": "VARCHAR",
 }
 
 
 def replace_snapshots(
-    conn: duckdb.DuckDBPyConnection, window: Window, invoices: Sequence[InvoiceView], fetched_at: datetime
+    conn: duckdb.DuckDBPyConnection, window: Window, invoices: Sequence[InvoiceView], fetched_at: datetime,
+    keys: Mapping[str, str],
 ) -> int:
-    """The window's snapshot rows become exactly ``invoices`` (history of other windows untouched)."""
+    """The window's snapshot rows become exactly ``invoices`` (history of other windows untouched);
+    ``keys`` (invoice id -> history key, tracked invoices only) records which history each total went to."""
     conn.execute("DELETE FROM invoice_snapshots WHERE window_start = ?", [window.start])
     unique = {inv.invoice_id: inv for inv in invoices}  # the primary key is per window and invoice
     return bulk_insert(
@@ -69,7 +102,8 @@ def replace_snapshots(
         "invoice_snapshots",
         _SNAPSHOT_COLUMNS,
         [(window.start, window.end, i.customer_id, i.invoice_id, i.invoice_type, i.status, i.credit_type_id,
-          i.credit_type_name, i.period_start, i.period_end, i.total_cents, fetched_at)
+          i.credit_type_name, i.period_start, i.period_end, i.total_cents, fetched_at, i.regenerated_from,
+          keys.get(i.invoice_id))
          for i in unique.values()],
     )
 

@@ -28,7 +28,7 @@ SCHEMA: tuple[str, ...] = (
         customer_id VARCHAR NOT NULL, invoice_id VARCHAR NOT NULL, invoice_type VARCHAR,
         status VARCHAR, credit_type_id VARCHAR, credit_type_name VARCHAR,
         period_start TIMESTAMPTZ, period_end TIMESTAMPTZ, total_cents DECIMAL(38,10),
-        fetched_at TIMESTAMPTZ NOT NULL, regenerated_from_invoice_id VARCHAR,
+        fetched_at TIMESTAMPTZ NOT NULL, regenerated_from_invoice_id VARCHAR, history_key VARCHAR,
         PRIMARY KEY (window_start, customer_id, invoice_id))""",
     """CREATE TABLE IF NOT EXISTS invoice_high_water (
         history_key VARCHAR NOT NULL, customer_id VARCHAR NOT NULL, window_start TIMESTAMPTZ NOT NULL,
@@ -67,6 +67,8 @@ SCHEMA: tuple[str, ...] = (
     "ALTER TABLE entitlements ADD COLUMN IF NOT EXISTS dimensions_problem VARCHAR",
     # regenerated_from_invoice_id: the invoice a re-issue replaces (the period policy follows that lineage).
     "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS regenerated_from_invoice_id VARCHAR",
+    # history_key: the history a tracked invoice's total went to (NULL: not tracked); lineage continues it.
+    "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS history_key VARCHAR",
     "CREATE MACRO IF NOT EXISTS exact_div(a, b) AS "
     "CAST(CAST(CAST(a AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) * 10000000000 "
     "// CAST(CAST(b AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) AS DECIMAL(38,0)) "

@@ -185,34 +185,54 @@ def test_usage_values_round_trip_as_exact_decimals(
     }
 
 
-@pytest.mark.parametrize("strict", [False, True])
-def test_hourly_usage_works_whether_or_not_day_bounds_are_enforced(
-    sandbox: Any, metronome: MetronomeClient, sleeper: RecordingSleep, strict: bool
+@pytest.mark.parametrize(
+    "start, end, sent",
+    [
+        (NOW - 2 * HOUR, NOW - HOUR, ("2026-11-25T00:00:00Z", "2026-11-26T00:00:00Z")),
+        (  # across midnight: both days
+            datetime(2026, 11, 24, 23, tzinfo=UTC),
+            datetime(2026, 11, 25, 1, tzinfo=UTC),
+            ("2026-11-24T00:00:00Z", "2026-11-26T00:00:00Z"),
+        ),
+        (  # ends on a midnight: that midnight, not one more day
+            datetime(2026, 11, 24, 22, tzinfo=UTC),
+            datetime(2026, 11, 25, tzinfo=UTC),
+            ("2026-11-24T00:00:00Z", "2026-11-25T00:00:00Z"),
+        ),
+    ],
+)
+def test_hourly_usage_is_read_from_whole_utc_days(
+    sandbox: Any,
+    metronome: MetronomeClient,
+    sleeper: RecordingSleep,
+    start: datetime,
+    end: datetime,
+    sent: tuple[str, str],
 ) -> None:
-    sandbox.metronome.strict_usage_bounds = strict
+    """The emulator refuses any bound that is not a UTC midnight (as Metronome documents), so an
+    hourly window only works because the client asks for its whole days and keeps its hours; the
+    request log shows what was sent, and nothing was refused or retried."""
     customer = _add_customer(sandbox, "Aligned Ltd")
     metric = _add_metric(sandbox, "aligned_units", aggregation_type="SUM", aggregation_key="n")
-    hour = NOW - 2 * HOUR
-    sandbox.metronome.set_usage(customer["id"], metric["id"], hour, Decimal("7.25"))
-    kwargs: dict[str, Any] = {
-        "starting_on": hour,
-        "ending_before": hour + HOUR,
-        "customer_ids": [customer["id"]],
-        "billable_metric_ids": [metric["id"]],
-    }
-    rows = metronome.list_usage(**kwargs)
-    assert [(r.start_timestamp, r.end_timestamp, r.value) for r in rows] == [
-        (hour, hour + HOUR, Decimal("7.25"))
-    ]
+    hours = [start + i * HOUR for i in range(int((end - start) / HOUR))]
+    for n, hour in enumerate(hours):
+        sandbox.metronome.set_usage(customer["id"], metric["id"], hour, Decimal(n) + Decimal("0.25"))
     sandbox.metronome_log.clear()
-    if strict:
-        with pytest.raises(BadRequestError, match="midnight"):
-            metronome.list_usage(day_aligned=False, **kwargs)
-        assert len(sandbox.metronome_log.entries()) == 1 and sleeper.waits == []
-    else:
-        exact = metronome.list_usage(day_aligned=False, **kwargs)
-        assert exact == rows
-        assert sandbox.metronome_log.entries()[0].body["starting_on"] == "2026-11-25T12:00:00Z"
+    rows = metronome.list_usage(
+        starting_on=start, ending_before=end, customer_ids=[customer["id"]], billable_metric_ids=[metric["id"]]
+    )
+    assert [(r.start_timestamp, r.end_timestamp, r.value) for r in rows] == [
+        (hour, hour + HOUR, Decimal(n) + Decimal("0.25")) for n, hour in enumerate(hours)
+    ]
+    [call] = sandbox.metronome_log.find("POST", "/v1/usage")
+    assert (call.body["starting_on"], call.body["ending_before"]) == sent
+    assert call.status == 200 and sleeper.waits == []
+
+
+def test_the_client_has_no_hour_bounds_path(metronome: MetronomeClient) -> None:
+    """There is no switch left to send hour bounds (the old ``day_aligned=False``)."""
+    with pytest.raises(TypeError, match="day_aligned"):
+        metronome.list_usage(starting_on=NOW - HOUR, ending_before=NOW, day_aligned=False)  # type: ignore[call-arg]
 
 
 def test_day_windows_and_none_window(sandbox: Any, metronome: MetronomeClient) -> None:
@@ -298,6 +318,49 @@ def test_invoice_totals_are_exact_decimal_cents(sandbox: Any, metronome: Metrono
         sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices")[-1]
     )
     assert query["sort"] == ["date_asc"] and query["credit_type_id"] == [USD_CREDIT_TYPE_ID]
+
+
+def test_invoice_filters_are_sent_and_lineage_parsed(sandbox: Any, metronome: MetronomeClient) -> None:
+    """``list_invoices`` sends the SDK's filters (``type``, ``credit_type_id``, one ``status``,
+    ``skip_zero_qty_line_items``) and the emulator applies them; a re-issue's parent is parsed."""
+    customer = _add_customer(sandbox, "Filtered Co")
+    voided = _invoice_for(sandbox, customer["id"], Decimal(500))
+    reissued = sandbox.metronome.void_invoice(voided["id"], at=NOW - 3 * HOUR)
+    sandbox.metronome.add_invoice(
+        customer["id"], period_start=datetime(2026, 11, 1, tzinfo=UTC), period_end=datetime(2026, 12, 1, tzinfo=UTC),
+        type="SCHEDULED",
+    )
+    sandbox.metronome_log.clear()
+    got = metronome.list_invoices(
+        customer["id"], status="DRAFT", invoice_type="USAGE", credit_type_id=USD_CREDIT_TYPE_ID,
+        skip_zero_qty_line_items=True,
+    )
+    assert [(i.id, i.regenerated_from_invoice_id, i.correction_record) for i in got] == [
+        (reissued["id"], voided["id"], None)
+    ]
+    query = _query(sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices")[-1])
+    assert {k: v for k, v in query.items() if k != "limit"} == {
+        "status": ["DRAFT"], "type": ["USAGE"], "credit_type_id": [USD_CREDIT_TYPE_ID],
+        "skip_zero_qty_line_items": ["true"], "sort": ["date_asc"],
+    }
+    with pytest.raises(ValueError, match="invoice_type"):
+        metronome.list_invoices(customer["id"], invoice_type="usage")
+
+
+def test_get_invoices_reads_each_one_and_maps_404_to_none(sandbox: Any, metronome: MetronomeClient) -> None:
+    customer = _add_customer(sandbox, "Final Read Co")
+    invoice = _invoice_for(sandbox, customer["id"], Decimal("99.5"))
+    one = metronome.get_invoice(customer["id"], invoice["id"])
+    assert isinstance(one, Invoice) and one.total == Decimal("99.5") and one.status == "DRAFT"
+    with pytest.raises(NotFoundError):
+        metronome.get_invoice(customer["id"], "no-such-invoice")
+    sandbox.metronome_log.clear()
+    refs = [(customer["id"], "no-such-invoice"), (customer["id"], invoice["id"])]
+    got = metronome.get_invoices(refs, skip_zero_qty_line_items=True)
+    assert list(got) == refs and got[refs[0]] is None and got[refs[1]] == one
+    calls = sandbox.metronome_log.find("GET", f"/v1/customers/{customer['id']}/invoices/")
+    assert sorted(c.path.rsplit("/", 1)[1] for c in calls) == sorted(["no-such-invoice", invoice["id"]])
+    assert all(_query(c) == {"skip_zero_qty_line_items": ["true"]} for c in calls)
 
 
 def test_invoices_of_an_unknown_customer_is_not_found(metronome: MetronomeClient) -> None:

@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID
 from metronome_suger.core.amounts import (
     InvoiceView,
+    Orphan,
     Seen,
     cents_to_dollars,
     dollars_text,
     high_water_step,
     history_key,
+    lineage_keys,
     observe_in_window,
     report_sequence,
     select,
@@ -167,6 +169,60 @@ def test_invoice_policy_keys_a_reissue_as_a_new_history() -> None:
 ])
 def test_period_keys_differ_by_customer_credit_type_and_period(change: dict[str, object]) -> None:
     assert history_key(invoice(), "period") != history_key(invoice(**change), "period")
+
+
+# lineage first, billing period second (``regenerated_from_invoice_id``)
+PARENT_KEY = f"period:cust-1:{USD_CREDIT_TYPE_ID}:2026-11-01T00:00:00Z"
+
+
+def test_a_reissue_that_moves_the_period_start_continues_its_parents_history() -> None:
+    moved = invoice(invoice_id="b", regenerated_from="a", period_start=NOV + timedelta(days=9))
+    keys, orphans = lineage_keys([moved], "period", {"a": PARENT_KEY})
+    assert keys == {"b": PARENT_KEY} and orphans == []
+    assert history_key(moved, "period") != PARENT_KEY  # what the period alone would have said
+
+
+def test_lineage_chains_through_recorded_keys_and_through_the_same_batch() -> None:
+    b = invoice(invoice_id="b", regenerated_from="a", period_start=NOV + timedelta(days=3))
+    c = invoice(invoice_id="c", regenerated_from="b", period_start=NOV + timedelta(days=6))
+    keys, orphans = lineage_keys([c, b], "period", {"a": PARENT_KEY})
+    assert keys == {"b": PARENT_KEY, "c": PARENT_KEY} and orphans == []
+    assert lineage_keys([c], "period", {"b": PARENT_KEY}) == ({"c": PARENT_KEY}, [])
+
+
+def test_a_recorded_key_is_kept_even_if_the_parent_turns_up_later() -> None:
+    b = invoice(invoice_id="b", regenerated_from="a", period_start=DEC, period_end=JAN)
+    own = history_key(b, "period")
+    assert lineage_keys([b], "period", {"b": own, "a": PARENT_KEY}) == ({"b": own}, [])
+
+
+def test_an_orphan_reissue_starts_its_own_history_and_is_named() -> None:
+    b = invoice(invoice_id="b", regenerated_from="never-seen", period_start=NOV + timedelta(days=9))
+    keys, orphans = lineage_keys([b], "period", {})
+    assert keys == {"b": history_key(b, "period")}
+    assert orphans == [Orphan("b", "never-seen", "cust-1", history_key(b, "period"))]
+    assert "invoice b" in orphans[0].note() and "invoice never-seen" in orphans[0].note()
+
+
+def test_keys_of_another_policy_are_not_continued() -> None:
+    """A switch from ``invoice`` to ``period`` starts over instead of mixing the two kinds of history."""
+    b = invoice(invoice_id="b", regenerated_from="a")
+    keys, orphans = lineage_keys([b], "period", {"a": "invoice:a", "b": "invoice:b"})
+    assert keys == {"b": PARENT_KEY} and [o.parent_id for o in orphans] == ["a"]
+
+
+def test_invoice_policy_ignores_lineage() -> None:
+    b = invoice(invoice_id="b", regenerated_from="a")
+    assert lineage_keys([b], "invoice", {"a": PARENT_KEY}) == ({"b": "invoice:b"}, [])
+
+
+def test_select_files_a_reissue_under_its_parents_key() -> None:
+    voided = invoice(invoice_id="a", status="VOID", total_cents=Decimal(12000))
+    moved = invoice(invoice_id="b", regenerated_from="a", period_start=NOV + timedelta(days=9),
+                    total_cents=Decimal(13000))
+    selection = select([voided, moved], W, "period", {"a": Seen(draft=True)}, {"a": PARENT_KEY})
+    assert [(t.history_key, t.invoice_ids) for t in selection.totals] == [(PARENT_KEY, ("b",))]
+    assert selection.keys == {"b": PARENT_KEY} and selection.orphans == []
 
 
 def test_period_key_needs_a_period() -> None:

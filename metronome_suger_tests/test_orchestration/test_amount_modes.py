@@ -1,6 +1,7 @@
 """Amount modes end to end: real Dagster runs against the emulators, window by window, asserting the
 exact record groups Suger received for invoice-total timelines (growth, credits, void + re-issue,
-month rollover, two marketplaces, daily windows, re-runs, non-USD invoices)."""
+month rollover, two marketplaces, daily windows, re-runs, non-USD invoices). Lineage and the
+server-side invoice filters: ``test_invoice_lineage.py``."""
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID
 from metronome_suger.core.ids import record_group_id
 from metronome_suger.sandbox.server import Sandbox
 from metronome_suger_tests.conftest import AWS_DIMS, Pipeline, failure_text, sent_groups
@@ -179,7 +181,9 @@ def test_month_rollover_keeps_the_previous_draft_until_finalized(sandbox: Sandbo
         "GROUP BY 1 ORDER BY 1")
     assert histories == [(10, 1, Decimal(51000)), (11, 1, Decimal(2500))]
     assert "skipped:finalized_earlier" not in invoice_metadata(finalized)
-    assert invoice_metadata(after)["skipped:finalized_earlier"] == 1
+    # Listed while DRAFT; once FINALIZED it is read by id exactly once (the 2026-11-02 00:00 run), then never.
+    reads = sandbox.metronome_log.find("GET", f"/v1/customers/{alice.id}/invoices/{october}")
+    assert len(reads) == 1 and "skipped:finalized_earlier" not in invoice_metadata(after)
     seen = pipeline.query("SELECT day(window_start), hour(window_start), status, total_cents FROM invoice_snapshots "
                           "WHERE invoice_id = ? ORDER BY window_start", [october])
     assert seen == [(31, 23, "DRAFT", 50000), (1, 0, "DRAFT", 50500), (1, 1, "DRAFT", 50700),
@@ -262,9 +266,9 @@ def test_rerun_sends_nothing_new_and_later_growth_is_sent_once(sandbox: Sandbox,
     ]
 
 
-def test_non_usd_and_scheduled_invoices_are_not_reported_and_non_usd_is_named(
-    sandbox: Sandbox, pipeline: Pipeline,
-) -> None:
+def test_non_usd_and_scheduled_invoices_are_not_even_returned(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    """Metronome filters them out (``type=USAGE``, ``credit_type_id`` of USD cents): they are neither
+    reported nor read, so nothing is skipped client-side and no non-USD warning is raised."""
     use_amount_mode(pipeline)
     alice = add_customer(sandbox, "Alice")
     add_invoice(sandbox, alice, {at(25, 10, 30): 2500})
@@ -274,11 +278,10 @@ def test_non_usd_and_scheduled_invoices_are_not_reported_and_non_usd_is_named(
     result = run_ok(pipeline, "2026-11-25-10:00")
     assert received(sandbox) == [(alice.entitlement, "2026-11-25T10:00:00Z", units("2500"))]
     meta = invoice_metadata(result)
-    assert (meta["skipped_non_usd"], meta["skipped:non_usd"], meta["skipped:not_usage"]) == (1, 1, 1)
-    assert meta["skipped_non_usd_details"] == f"- customer {alice.id}: AI credits ({credits['id']})"
-    warnings = [entry.user_message for entry in pipeline.instance.all_logs(result.run_id)
-                if "credit type other than USD" in entry.user_message]
-    assert len(warnings) == 1 and f"customer {alice.id}: AI credits" in warnings[0]
+    assert (meta["dagster/row_count"], meta["skipped_non_usd"]) == (1, 0)
+    assert not [k for k in meta if k.startswith("skipped:")]
+    assert pipeline.query("SELECT credit_type_id, invoice_type FROM invoice_snapshots") == [
+        (USD_CREDIT_TYPE_ID, "USAGE")]
 
 
 def test_increase_before_the_entitlement_starts_is_named_not_sent(sandbox: Sandbox, pipeline: Pipeline) -> None:

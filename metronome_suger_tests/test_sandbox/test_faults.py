@@ -51,7 +51,7 @@ def test_faults_match_method_and_path_prefix(
     assert shared_api.get("/v1/billable-metrics").status_code == 200
     body = {
         "starting_on": "2026-11-25T00:00:00Z",
-        "ending_before": "2026-11-25T01:00:00Z",
+        "ending_before": "2026-11-26T00:00:00Z",
         "window_size": "HOUR",
     }
     assert shared_api.post("/v1/usage", json=body).status_code == 500

@@ -146,7 +146,11 @@ def test_void_freezes_and_reissue_continues(
     assert voided["status"] == "VOID" and reissued["status"] == "DRAFT"
     same = ("customer_id", "start_timestamp", "end_timestamp", "credit_type", "type")
     assert all(voided[k] == reissued[k] for k in same)
-    assert reissued["correction_record"]["corrected_invoice_id"] == voided_id
+    # SDK invoice.py: a re-issue names its parent in `regenerated_from_invoice_id`;
+    # `correction_record` and `created_at` belong to correction invoices only.
+    assert reissued["regenerated_from_invoice_id"] == voided_id
+    assert not {"correction_record", "created_at"} & set(reissued)
+    assert "regenerated_from_invoice_id" not in voided
     assert reissued["total"] >= voided["total"] > 0
     shared_sandbox.clock.advance(5 * HOUR)
     assert invoice(shared_api, customer, voided_id)["total"] == voided["total"]
@@ -200,6 +204,81 @@ def test_invoice_filters_sort_and_zero_lines(
         f"/v1/customers/{customer}/invoices/{october}", params={"skip_zero_qty_line_items": "true"}
     )
     assert "legacy_jobs" not in {line["name"] for line in skipped.json()["data"]["line_items"]}
+
+
+def test_correction_invoice_carries_correction_record_and_created_at(
+    empty_sandbox: Sandbox, empty_api: httpx.Client
+) -> None:
+    """SDK `metronome/types/v1/customers/invoice.py`: `created_at` "is present for correction invoices
+    only", with `correction_record.corrected_invoice_id`; a plain invoice has neither."""
+    state = empty_sandbox.metronome
+    customer = state.add_customer("Corrected")["id"]
+    october = state.add_invoice(customer, period_start=NOV - timedelta(days=31), period_end=NOV)["id"]
+    fix_at = NOW - HOUR
+    state.add_invoice(
+        customer, period_start=NOV - timedelta(days=31), period_end=NOV, id="correction-1",
+        created_at=fix_at, corrects=october,
+    )
+    plain, correction = invoice(empty_api, customer, october), invoice(empty_api, customer, "correction-1")
+    assert not {"correction_record", "created_at", "regenerated_from_invoice_id"} & set(plain)
+    assert correction["correction_record"]["corrected_invoice_id"] == october
+    assert set(correction["correction_record"]) == {"corrected_invoice_id", "memo", "reason"}
+    assert parse_rfc3339(correction["created_at"]) == fix_at
+    with pytest.raises(KeyError, match="unknown invoice nope"):
+        state.add_invoice(customer, period_start=NOV, period_end=DEC, regenerated_from="nope")
+
+
+@pytest.fixture
+def filtered(empty_sandbox: Sandbox) -> dict[str, str]:
+    """One customer, November: a USD usage DRAFT (with a zero-quantity line), a non-USD DRAFT, a
+    SCHEDULED invoice, and October's USD usage invoice FINALIZED."""
+    state = empty_sandbox.metronome
+    customer = state.add_customer("Filtered")["id"]
+    used = state.add_billable_metric("used", aggregation_key="n", unit_price_cents=10)["id"]
+    state.add_billable_metric("idle", aggregation_key="n", unit_price_cents=10)
+    state.set_usage(customer, used, NOW.replace(hour=9, minute=0), 4)
+    oct_start = NOV - timedelta(days=31)
+    ids = {
+        "usd": state.add_invoice(customer, period_start=NOV, period_end=DEC, id="usd-draft")["id"],
+        "ai": state.add_invoice(
+            customer, period_start=NOV, period_end=DEC, id="ai-draft",
+            credit_type={"id": "c0ffee00-0000-4000-8000-000000000001", "name": "AI credits"},
+        )["id"],
+        "scheduled": state.add_invoice(
+            customer, period_start=NOV, period_end=DEC, id="scheduled", type="SCHEDULED"
+        )["id"],
+        "october": state.add_invoice(customer, period_start=oct_start, period_end=NOV, id="usd-oct")["id"],
+    }
+    return {"customer": customer, **ids}
+
+
+def test_list_filters_are_applied_by_the_server(
+    empty_sandbox: Sandbox, empty_api: httpx.Client, filtered: dict[str, str]
+) -> None:
+    """The filters of SDK `invoice_list_params.py`, each one honoured: `type`, `credit_type_id`,
+    `status` (one value), `skip_zero_qty_line_items`; together they leave only the open USD usage
+    invoice, without its zero-quantity line."""
+    customer = filtered["customer"]
+    ids = lambda **params: sorted(i["id"] for i in invoices(empty_api, customer, **params))  # noqa: E731
+    assert ids() == sorted([filtered["usd"], filtered["ai"], filtered["scheduled"], filtered["october"]])
+    assert ids(type="USAGE") == sorted([filtered["usd"], filtered["ai"], filtered["october"]])
+    assert ids(type="SCHEDULED") == [filtered["scheduled"]]
+    assert ids(credit_type_id=USD_CREDIT_TYPE["id"]) == sorted(
+        [filtered["usd"], filtered["scheduled"], filtered["october"]]
+    )
+    assert ids(status="FINALIZED") == [filtered["october"]]
+    assert filtered["october"] not in ids(status="DRAFT")
+    ours = invoices(
+        empty_api, customer, type="USAGE", credit_type_id=USD_CREDIT_TYPE["id"], status="DRAFT",
+        skip_zero_qty_line_items="true",
+    )
+    assert [i["id"] for i in ours] == [filtered["usd"]]
+    assert {line["name"] for line in ours[0]["line_items"]} == {"used"}
+    full = invoice(empty_api, customer, filtered["usd"])
+    assert {line["name"] for line in full["line_items"]} == {"used", "idle"}
+    assert full["total"] == ours[0]["total"] == 40
+    bad = empty_api.get(f"/v1/customers/{customer}/invoices", params={"type": "MONTHLY"})
+    assert bad.status_code == 400 and set(bad.json()) == {"message"} and "type" in bad.json()["message"]
 
 
 def _cents(value: Decimal) -> Decimal:

@@ -101,8 +101,15 @@ def test_invoices_and_breakdowns(client: Metronome, shared_sandbox: Sandbox) -> 
     reissued = client.v1.customers.invoices.retrieve(
         customer_id=customer, invoice_id=str(info.reissued_invoice_id)
     )
-    assert reissued.data.correction_record is not None
-    assert reissued.data.correction_record.corrected_invoice_id == info.voided_invoice_id
+    assert reissued.data.regenerated_from_invoice_id == info.voided_invoice_id
+    assert reissued.data.correction_record is None and reissued.data.created_at is None
+    drafts = list(
+        client.v1.customers.invoices.list(
+            customer_id=customer, status="DRAFT", type="USAGE", skip_zero_qty_line_items=True,
+            credit_type_id="2714e483-4ff1-48e4-9e25-ac732e8f24f2", sort="date_asc",
+        )
+    )
+    assert [i.id for i in drafts] == [info.reissued_invoice_id]
     breakdowns = list(
         client.v1.customers.invoices.list_breakdowns(
             customer_id=customer,

@@ -77,15 +77,19 @@ def test_day_and_none_windows_aggregate_by_type(
     )
     assert day_sum == {"2026-11-24T00:00:00Z": 0, "2026-11-25T00:00:00Z": 7.5}
     assert day_max == {"2026-11-24T00:00:00Z": 0, "2026-11-25T00:00:00Z": 9}
+    for hour in range(24):  # a whole day of explicit nulls: NONE over it is null, not 0
+        empty_sandbox.metronome.set_usage(
+            hand_built["customer"], hand_built["total"], DAY_START - 24 * HOUR + hour * HOUR, None
+        )
     only_nulls = _values(
         empty_api,
         billable_metrics=[{"id": hand_built["total"]}],
         window_size="none",
         customer_ids=[hand_built["customer"]],
-        starting_on="2026-11-25T05:00:00.000Z",
-        ending_before="2026-11-25T07:00:00Z",
+        starting_on="2026-11-24T00:00:00.000Z",
+        ending_before="2026-11-25T00:00:00Z",
     )
-    assert only_nulls == {"2026-11-25T05:00:00Z": None}
+    assert only_nulls == {"2026-11-24T00:00:00Z": None}
 
 
 def test_usage_becomes_visible_when_the_hour_closes_and_late_usage_overwrites(
@@ -206,15 +210,42 @@ def test_ingest_adds_events_dedups_and_resolves_aliases(
     assert values["2026-11-25T10:00:00Z"] == 3.5
 
 
-def test_strict_usage_bounds_require_midnight(
-    empty_api: httpx.Client, empty_sandbox: Sandbox
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/usage/groups"])
+@pytest.mark.parametrize("size", ["HOUR", "DAY", "NONE"])
+@pytest.mark.parametrize(
+    "bounds, problem",
+    [
+        (("2026-11-25T10:00:00Z", "2026-11-25T12:00:00Z"), "starting_on must be aligned to UTC midnight"),
+        (("2026-11-25T00:00:00Z", "2026-11-25T12:00:00Z"), "ending_before must be aligned to UTC midnight"),
+        (("2026-11-25T00:00:00+01:00", "2026-11-26T00:00:00+01:00"), "aligned to UTC midnight"),
+        (("2026-11-25T00:00:00Z", "2026-11-25T00:00:00Z"), "at least one day after starting_on"),
+        (("2026-11-25T00:00:00Z", "2026-11-24T00:00:00Z"), "at least one day after starting_on"),
+    ],
+)
+def test_usage_bounds_are_utc_midnights_a_day_apart_always(
+    empty_api: httpx.Client,
+    hand_built: dict[str, str],
+    path: str,
+    size: str,
+    bounds: tuple[str, str],
+    problem: str,
 ) -> None:
-    hourly = usage_body(starting_on="2026-11-25T10:00:00Z", ending_before="2026-11-25T12:00:00Z")
-    assert empty_api.post("/v1/usage", json=hourly).status_code == 200
-    empty_sandbox.metronome.strict_usage_bounds = True
-    response = empty_api.post("/v1/usage", json=hourly)
-    assert response.status_code == 400 and "midnight" in response.json()["message"]
-    assert empty_api.post("/v1/usage", json=usage_body()).status_code == 200
+    """SDK `usage_list_params.py` / `usage_list_with_groups_params.py`: "Must be aligned to UTC
+    midnight" and "at least one day after `starting_on`", for every window size, with no switch to
+    turn it off: the emulator's default is the real API's rule."""
+    select: dict[str, Any] = (
+        {"customer_id": hand_built["customer"], "billable_metric_id": hand_built["total"]}
+        if path.endswith("groups")
+        else {"customer_ids": [hand_built["customer"]]}
+    )
+    start, end = bounds
+    response = empty_api.post(
+        path, json={"starting_on": start, "ending_before": end, "window_size": size, **select}
+    )
+    assert response.status_code == 400
+    assert set(response.json()) == {"message"} and problem in response.json()["message"]
+    whole_day = {"starting_on": "2026-11-25T00:00:00Z", "ending_before": "2026-11-26T00:00:00Z"}
+    assert empty_api.post(path, json={**whole_day, "window_size": size, **select}).status_code == 200
 
 
 def test_group_by_reports_requested_groups_as_null(
