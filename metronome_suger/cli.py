@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=6)
 
     sub.add_parser("dev", help="sandbox plus the Dagster UI on http://127.0.0.1:3000")
-    sub.add_parser("verify", help="check both connections and the configuration (Suger's VERIFY)")
+    sub.add_parser("verify", help="check both connections and the configuration (Suger's VERIFY); warns when "
+                                  "Suger's own Metronome integration reports for the linked entitlements too")
 
     link = sub.add_parser("link", help="connect a Suger buyer to a Metronome customer")
     link.add_argument("buyer_id")

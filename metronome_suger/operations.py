@@ -1,5 +1,7 @@
 """``verify``, ``link`` and ``status``: what an operator runs by hand."""
 
+from collections import Counter
+from collections.abc import Collection
 from datetime import datetime, timedelta, timezone
 
 from metronome_suger.clients.errors import ApiError, AuthError
@@ -16,7 +18,7 @@ from metronome_suger.core.conversion import (
     whitelisted_ids,
 )
 from metronome_suger.core.linkage import USABLE_STATUSES, UnknownEntitlementError
-from metronome_suger.steps.snapshots import list_links
+from metronome_suger.steps.snapshots import read_links
 from metronome_suger.storage.db import connect
 
 
@@ -27,6 +29,18 @@ def _metronome(config: AppConfig) -> MetronomeClient:
 
 def _suger(config: AppConfig) -> SugerClient:
     return SugerClient(config.suger.base_url, config.suger.org_id, config.suger_api_key())
+
+
+def suger_metronome_groups(client: SugerClient, entitlement_ids: Collection[str]) -> str | None:
+    """The warning when Suger's own Metronome integration reports for our linked entitlements too
+    (its groups carry ``metaInfo.source`` METRONOME, in Suger's default 30-day listing window)."""
+    counts = Counter(g.entitlementID for g in client.list_usage_record_groups(source="METRONOME")
+                     if g.entitlementID in entitlement_ids)
+    if not counts:
+        return None
+    named = ", ".join(f"{ent} ({n} group{'s' if n > 1 else ''})" for ent, n in sorted(counts.items()))
+    return (f"Suger's own Metronome integration is also reporting usage (source METRONOME) for linked "
+            f"entitlements: {named}: every dollar would be billed twice; switch its Auto Report Usage off")
 
 
 def verify(config: AppConfig) -> int:
@@ -43,11 +57,15 @@ def verify(config: AppConfig) -> int:
     except ApiError as exc:
         problems.append(f"Metronome unreachable or failing: {exc}")
     links = []
+    dimension_problems: dict[str, str] = {}
+    double: str | None = None  # Suger's own Metronome integration reporting too
     try:
         with _suger(config) as client:
             overrides = [(lk.metronome_customer_id, lk.entitlement_id) for lk in config.customer_links]
-            links = list_links(client, overrides)
+            found = read_links(client, overrides)
+            links, dimension_problems = found.links, found.dimension_problems
             metering = client.get_usage_metering_config()
+            double = suger_metronome_groups(client, {link.entitlement.id for link in links})
         partners = sorted({link.entitlement.partner for link in links if link.entitlement.partner})
         print(f"Suger: key accepted, {len(links)} customer → entitlement links on "
               f"{', '.join(partners) or 'no partner'}")
@@ -80,15 +98,13 @@ def verify(config: AppConfig) -> int:
             LinkedEntitlement(link.entitlement.id, link.entitlement.partner or "", tuple(
                 Dimension(d.key, d.name, d.rate)
                 for d in (link.entitlement.info.dimensions if link.entitlement.info else [])
-            ))
+            ), dimension_problems.get(link.entitlement.id))
             for link in usable
         ]
         rows = mapping_rows(config.dimension_conversion, metrics, amount_mode=config.amount_mode)
         problems += [str(gap) for gap in find_gaps(required, rows, ents)]
-    warnings.append(
-        "Suger's own Metronome integration must have Auto Report Usage switched off, "
-        "or usage is reported twice"
-    )
+    warnings.append(double or "Suger's own Metronome integration must have Auto Report Usage switched off, "
+                              "or usage is reported twice")
     for warning in warnings:
         print(f"warning: {warning}")
     if problems:

@@ -34,6 +34,7 @@ from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.clients.suger_models import (
     Buyer,
     Entitlement,
+    MeteringDimension,
     NewUsageRecordGroup,
     ReportResult,
     UsageMeteringConfigInfo,
@@ -51,6 +52,8 @@ _ENTITLEMENTS = TypeAdapter(list[Entitlement])
 _GROUPS = TypeAdapter(list[UsageRecordGroup])
 _GROUP = TypeAdapter(UsageRecordGroup)
 _CONFIG = TypeAdapter(UsageMeteringConfigInfo)
+_DIMENSIONS = TypeAdapter(list[MeteringDimension])
+OUR_SOURCE = "API"  # metaInfo.source of the groups this client reports (UsageRecordGroupSource)
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,18 @@ class SugerClient(JsonApiClient):
             self.iter_pages("GET", path, _ArrayPages(self.page_limit), _ENTITLEMENTS, params=params)
         )
 
+    # -- products ----------------------------------------------------------------------------------
+
+    def list_product_dimensions(self, product_id: str) -> list[MeteringDimension]:
+        """Every metering dimension of a product (``GET /org/{orgId}/product/{productId}/dimension``,
+        a plain array). An entitlement lists at most 50 and sets ``info.dimensionsOversized``; the
+        rest are only here."""
+        if not product_id:
+            raise ValueError("product_id must be non-empty")
+        path = self._org(f"/product/{path_segment(product_id)}/dimension")
+        data = self.request("GET", path)
+        return self.parse_model(_DIMENSIONS, data if data is not None else [], "GET", path)
+
     # -- usage record groups -----------------------------------------------------------------------
 
     def report_usage_record_group(self, group: NewUsageRecordGroup) -> ReportResult:
@@ -217,18 +232,17 @@ class SugerClient(JsonApiClient):
         return ReportResult(outcome="created", group=stored, message=None)
 
     def validate_usage_record_groups(self, groups: Sequence[NewUsageRecordGroup]) -> str | None:
-        """Dry-run validation: None when Suger accepts every group, else Suger's problem
-        description."""
+        """Dry-run validation: None when Suger accepts every group (any 200: the spec's 200 is a
+        string, "Empty string if validation is successful", whatever it says), else the 400's
+        problem description."""
         if not groups:
             return None
         path = self._org("/batchValidateUsageRecordGroups")
         try:
-            data = self.request("POST", path, json=[g.to_batch_item() for g in groups])
+            self.request("POST", path, json=[g.to_batch_item() for g in groups])
         except BadRequestError as exc:
             return _problem_text(exc)
-        if data is None or data == "":
-            return None
-        return data if isinstance(data, str) else str(data)
+        return None
 
     def list_usage_record_groups(
         self,
@@ -237,13 +251,19 @@ class SugerClient(JsonApiClient):
         status: str | None = None,
         start_date: date | None = None,
         end_date: date | None = None,
+        source: str | None = OUR_SOURCE,
     ) -> list[UsageRecordGroup]:
         """Stored groups (Suger's default window is the last 30 days), paging on
-        ``offset``/``nextOffset``."""
+        ``offset``/``nextOffset``.
+
+        ``source`` defaults to ``API``, the groups this client reports: Suger's own integrations
+        (its Metronome integration reports as ``METRONOME``) store groups for the same entitlements,
+        and a status poll must never take theirs for ours. ``None`` lists every source."""
         path = self._org("/usageRecordGroup")
         params = {
             "entitlementId": entitlement_id or None,
             "status": status or None,
+            "source": source or None,
             "startDate": start_date,
             "endDate": end_date,
         }

@@ -80,12 +80,21 @@ class MeteringDimension(ApiModel):
 
 
 class EntitlementInfo(ApiModel):
+    """``dimensions`` holds at most 50; with more, ``dimensionsOversized`` is set and the full list is
+    the product's (``SugerClient.list_product_dimensions``)."""
+
     dimensions: list[MeteringDimension] = Field(default_factory=list)
+    dimensionsOversized: bool = False
 
     @field_validator("dimensions", mode="before")
     @classmethod
     def _null_dimensions(cls, value: Any) -> Any:
         return _none_as_empty(value, [])
+
+    @field_validator("dimensionsOversized", mode="before")
+    @classmethod
+    def _null_false(cls, value: Any) -> Any:
+        return _none_as_empty(value, False)
 
 
 class Entitlement(ApiModel):
@@ -159,7 +168,10 @@ class NewUsageRecordGroup(BaseModel):
 
 
 class UsageRecordGroup(ApiModel):
-    """A group as Suger stores it (``MeteringUsageRecordGroup``); ``records`` are converted."""
+    """A group as Suger stores it (``MeteringUsageRecordGroup``); ``records`` are converted.
+
+    ``status`` is a plain string, kept verbatim: the SDK types it ``StrictStr`` and Suger may add
+    statuses, which callers must surface, never take for success."""
 
     id: str
     entitlementID: str | None = None

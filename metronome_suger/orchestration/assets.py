@@ -85,9 +85,12 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
                 raise dg.Failure(description=str(exc)) from None
         context.log.info(f"{out.links} links to {out.entitlements} entitlements on "
                          f"{', '.join(out.partners) or 'no partner'}")
+        for ent_id, problem in out.dimension_problems.items():  # mapping_completeness blocks their windows
+            context.log.warning(f"entitlement {ent_id}: {problem}")
         return dg.MaterializeResult(metadata={
             "dagster/row_count": out.links, "linked_customers": out.customers, "entitlements": out.entitlements,
-            "partners": ", ".join(out.partners), "preview": dg.MetadataValue.md(out.preview)})
+            "partners": ", ".join(out.partners), "preview": dg.MetadataValue.md(out.preview),
+            "incomplete_dimension_lists": len(out.dimension_problems)})
 
     @dg.asset(key=keys.asset(USAGE), deps=[keys.asset(METRICS), keys.asset(CUSTOMERS)],
               required_resource_keys=keys.resources(METRONOME, DUCKDB), **windowed)

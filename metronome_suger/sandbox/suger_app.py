@@ -1,43 +1,50 @@
 """The Suger API emulator: api.suger.cloud's metering, buyer and entitlement routes on a SugerState.
 
 Route names, query parameters and JSON shapes follow the official OpenAPI spec (as generated into
-``suger_sdk_python``) so that the real SDK, and our own client, can talk to it unchanged. Choices
-where the spec is silent:
+``suger_sdk_python``) so that the real SDK, and our own client, can talk to it unchanged.
 
-* auth: ``Authorization: Key <api key>`` only; anything else is 401 ``{"message": ...}``;
-* a path org id other than the state's is **403** (a key belongs to one org), ``{"message": ...}``;
-* every other error is ``{"message": ...}`` JSON, except ``batchValidateUsageRecordGroups``, which
-  answers 200 with an empty ``text/plain`` body, or 400 with the problem as a ``text/plain`` body;
+Error bodies: the SDK declares every 400, 404 and 500 of these routes as ``"str"`` (e.g.
+``suger_sdk_python/api/metering_api.py`` report_usage_record_group ``_response_types_map``,
+``product_api.py`` list_product_metering_dimensions, ``entitlement_api.py``, ``buyer_api.py``), i.e. the
+body is a JSON *string* (``"the message"``), not an object. Every error a handler raises is answered
+that way, including 409 (the duplicate the report docstring names but the map does not type) and the
+statuses a route's map leaves out. Choices where the spec is silent:
+
+* auth: ``Authorization: Key <api key>`` only; anything else is 401 ``{"message": ...}``, and a path
+  org id other than the state's is **403** (a key belongs to one org), ``{"message": ...}``: the spec
+  declares neither status, and the object shape keeps our client's other error path exercised;
+* unknown routes and methods answer ``{"message": ...}`` too (they are not in the spec);
+* ``batchValidateUsageRecordGroups`` answers 200 with the JSON string ``""`` ("Empty string if
+  validation is successful", suger-sdk-python ``docs/MeteringApi.md``; its map types 200 as ``"str"``)
+  and 400 with the problem as a JSON string;
 * list ``limit`` outside 1..1000 or a non-integer ``limit``/``offset`` is 400;
-* DELETED groups are listed only when ``status=DELETED`` is asked for; their ids stay taken (409).
+* without ``status`` every group is listed, DELETED ones too ("default no filter by status if not
+  provided", ``metering_api.py`` list_usage_record_groups); a deleted group's id stays taken (409);
+* a group for a CANCELLED entitlement is accepted when its ``timestamp`` is before the entitlement's
+  ``endTime`` (the marketplaces take usage generated before a cancellation), refused otherwise.
+
+Faults injected by ``faults.FaultMiddleware`` (429, 5xx, drops) model the infrastructure in front of
+Suger, not its handlers, and keep their generic ``{"message"}`` body.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from metronome_suger.sandbox.suger_state import (
-    ALL_ZERO_MESSAGE,
-    GROUP_STATUSES,
-    PARTNERS,
-    REPORTABLE_STATUSES,
-    JsonDict,
-    SugerError,
-    SugerState,
-    utc,
-)
+from metronome_suger.sandbox.suger_ingest import prepare_group
+from metronome_suger.sandbox.suger_json import PARTNERS, SugerError
+from metronome_suger.sandbox.suger_state import GROUP_SOURCES, GROUP_STATUSES, SugerState
 
 Handler = Callable[[Request], Awaitable[Any]]
 _GROUP_SELECTORS = {"partner": "partner", "productId": "productID",
@@ -45,6 +52,12 @@ _GROUP_SELECTORS = {"partner": "partner", "productId": "productID",
 
 
 def _error(status: int, message: str) -> JSONResponse:
+    """A handler's error: the JSON string the spec declares (see the module docstring)."""
+    return JSONResponse(message, status_code=status)
+
+
+def _gateway_error(status: int, message: str) -> JSONResponse:
+    """Auth, org and routing errors, which the spec does not type: ``{"message": ...}``."""
     return JSONResponse({"message": message}, status_code=status)
 
 
@@ -101,110 +114,21 @@ def _page(request: Request, items: list[Any]) -> tuple[list[Any], int]:
     return page, end if end < len(items) else 0
 
 
-# -- validating usage record groups -------------------------------------------------------------
-def parse_time(value: Any, field: str) -> datetime:
-    """RFC 3339 with an offset, as Go's time.Time decoding demands; anything else is 400."""
-    try:
-        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or value[10:11] not in ("T", "t"):
-        raise SugerError(400, f"{field} is not an RFC 3339 timestamp with offset: {value!r}")
-    return utc(parsed)
-
-
-def _origin_records(records: Any) -> dict[str, Decimal]:
-    if not isinstance(records, dict):
-        raise SugerError(400, "records is required and must be an object of numbers")
-    origin: dict[str, Decimal] = {}
-    for key, qty in records.items():
-        if isinstance(qty, bool) or not isinstance(qty, (int, float, Decimal)):
-            raise SugerError(400, f"quantity of record {key} must be a number")
-        if qty < 0:
-            raise SugerError(400, f"quantity of record {key} must not be negative: {qty}")
-        origin[key] = Decimal(str(qty))
-    if not any(origin.values()):
-        raise SugerError(400, ALL_ZERO_MESSAGE)
-    return origin
-
-
-def _convert(records: dict[str, Decimal], ent: JsonDict, config: JsonDict) -> dict[str, Decimal]:
-    """Suger's own dimension mapping, applied on ingest when enabled for the partner."""
-    cfg = next((c for c in config["partnerUsageMeteringConfigs"]
-                if c.get("partner") == ent["partner"] and c.get("enableDimensionMapping")), None)
-    if cfg is None:
-        return dict(records)
-    mapping = cfg.get("dimensionMappingV2") or {}
-    rates = {d["key"]: d["rate"] for d in ent["info"]["dimensions"]}
-    out: dict[str, Decimal] = defaultdict(Decimal)
-    for key, qty in records.items():
-        for value in mapping.get(key) or [{"dimensionKey": key}]:
-            dest = value["dimensionKey"]
-            if value.get("mappingMode") == "AMOUNT":
-                if not rates.get(dest):
-                    raise SugerError(400, f"dimension {dest} has no rate for AMOUNT mapping")
-                out[dest] += qty / rates[dest]
-            else:  # Go zero value: a missing or 0 multiplier means 1
-                out[dest] += qty * Decimal(str(value.get("convertionMultiplier") or 1))
-    return dict(out)
-
-
-def prepare_group(state: SugerState, item: Any, *, path_entitlement: str | None = None) -> JsonDict:
-    """Validate one CreateUsageRecordGroupParams / NewUsageRecordGroup into the group to store.
-
-    ``path_entitlement`` is the single-report route's entitlement (the body must agree); batch items
-    name theirs in the body only, so an unknown one there is 400 rather than 404.
-    """
-    if not isinstance(item, dict):
-        raise SugerError(400, "usage record group must be a JSON object")
-    ent_id = item.get("entitlementID")
-    if not isinstance(ent_id, str) or not ent_id:
-        raise SugerError(400, "entitlementID is required")
-    if path_entitlement is not None and ent_id != path_entitlement:
-        raise SugerError(400, f"entitlementID {ent_id} does not match the path {path_entitlement}")
-    try:
-        ent = state.entitlement_snapshot(ent_id)
-    except SugerError as exc:
-        raise exc if path_entitlement else SugerError(400, exc.message) from None
-    if item.get("billableRecords"):
-        raise SugerError(400, "billableRecords (metering API v2) is not supported by the emulator")
-    origin = _origin_records(item.get("records"))
-    raw_ts = item.get("timestamp")
-    timestamp = state.now() if raw_ts in (None, "") else parse_time(raw_ts, "timestamp")
-    if ent["status"] not in REPORTABLE_STATUSES:
-        allowed = " or ".join(REPORTABLE_STATUSES)
-        raise SugerError(400, f"entitlement {ent_id} is {ent['status']}: usage can only be "
-                              f"reported for {allowed} entitlements")
-    converted = _convert(origin, ent, state.metering_config())
-    dims = ent["info"]["dimensions"]
-    known = {d["key"] for d in dims} | {d["name"] for d in dims}
-    for key in converted:
-        if key not in known:
-            raise SugerError(400, f"record key {key!r} is not a metering dimension key or name "
-                                  f"of entitlement {ent_id}")
-    return {"entitlementID": ent_id, "buyerID": ent["buyerID"], "partner": ent["partner"],
-            "records": converted,
-            "metaInfo": {"originRecords": origin, "timestamp": timestamp, "source": "API"}}
-
-
 def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
     """Build the emulator app; every handled request first catches up Suger's hourly forwarder."""
 
-    def guarded(handler: Handler, *,
-                plain_errors: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "key" or not hmac.compare_digest(token.encode(), api_key.encode()):
-                return _error(401, "unauthorized: send the header 'Authorization: Key <api key>'")
+                return _gateway_error(401, "unauthorized: send the header 'Authorization: Key <api key>'")
             org_id = request.path_params["orgId"]
             if org_id != state.org_id:
-                return _error(403, f"the API key has no access to organization {org_id}")
+                return _gateway_error(403, f"the API key has no access to organization {org_id}")
             state.tick()
             try:
                 result = await handler(request)
             except SugerError as exc:
-                if plain_errors:
-                    return PlainTextResponse(exc.message, status_code=exc.status)
                 return _error(exc.status, exc.message)
             return result if isinstance(result, Response) else JSONResponse(result)
         return endpoint
@@ -245,16 +169,8 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         raise SugerError(404, f"entitlement term {term_id} not found")
 
     async def product_dimensions(request: Request) -> Any:
-        """A product's MeteringDimensions, gathered from its entitlements (first key wins)."""
-        product_id = request.path_params["productId"]
-        ents = state.entitlements(productID=product_id)
-        if not ents:
-            raise SugerError(404, f"product {product_id} not found")
-        found: dict[str, Any] = {}
-        for ent in ents:
-            for dim in ent["info"]["dimensions"]:
-                found.setdefault(dim["key"], dim)
-        return list(found.values())
+        """A product's MeteringDimensions, all of them (an entitlement shows at most 50)."""
+        return state.product_dimensions(request.path_params["productId"])
 
     # -- reporting --------------------------------------------------------------------------------
     async def report_group(request: Request) -> Any:
@@ -285,7 +201,7 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
 
     async def batch_validate(request: Request) -> Any:
         prepare_batch(await _json_body(request))
-        return PlainTextResponse("", status_code=200)
+        return JSONResponse(state.validation_ok_body)  # "Empty string if validation is successful"
 
     # -- record groups ----------------------------------------------------------------------------
     async def list_groups(request: Request) -> Any:
@@ -301,15 +217,15 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         if start > end:
             raise SugerError(400, "startDate must not be after endDate")
         status = _enum_param(request, "status", GROUP_STATUSES)
-        source = q.get("source") or None
+        source = _enum_param(request, "source", GROUP_SOURCES)  # UsageRecordGroupSource
         products = {e["id"]: e["productID"] for e in state.entitlements()}
         found = []
-        for group in state.groups():  # DELETED groups only when asked for
+        for group in state.groups():
             fields = {**group, "productID": products[group["entitlementID"]],
                       "source": group["metaInfo"]["source"]}
             if not start.isoformat() <= group["creationTime"][:10] <= end.isoformat():
                 continue
-            if status != group["status"] and (status is not None or group["status"] == "DELETED"):
+            if status not in (None, group["status"]):
                 continue
             if source in (None, fields["source"]) and all(
                     fields[k] == v for k, v in selectors.items()):
@@ -353,7 +269,7 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         ("GET", "entitlement/{entitlementId}/entitlementTerm/{termId}", guarded(get_term)),
         ("POST", "entitlement/{entitlementId}/usageRecordGroup", guarded(report_group)),
         ("POST", "batchCreateUsageRecordGroups", guarded(batch_create)),
-        ("POST", "batchValidateUsageRecordGroups", guarded(batch_validate, plain_errors=True)),
+        ("POST", "batchValidateUsageRecordGroups", guarded(batch_validate)),
         ("GET", "usageRecordGroup", guarded(list_groups)),
         ("DELETE", "usageRecordGroup/{usageRecordGroupId}", guarded(delete_group)),
         ("POST", "usageRecordGroup/{usageRecordGroupId}/retry", guarded(retry_group)),
@@ -366,9 +282,9 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
               for method, path, endpoint in table]
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        """Unknown routes and methods answer in the same ``{"message"}`` shape as the API."""
+        """Unknown routes and methods: not in the spec, ``{"message"}`` like the auth errors."""
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail))
+        return _gateway_error(exc.status_code, str(exc.detail))
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return _error(500, f"internal error: {type(exc).__name__}")

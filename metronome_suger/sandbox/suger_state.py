@@ -1,9 +1,10 @@
-"""In-memory Suger organization: buyers, entitlements, usage record groups and the hourly forwarder.
+"""In-memory Suger organization: buyers, entitlements, products, usage record groups.
 
 The state is what the Suger emulator (``suger_app``) serves, and what tests mutate directly to stage
-scenarios (renewals, rejections, failed marketplace reports). It is thread-safe because uvicorn
-serves the app from its own thread while tests poke at the state from theirs. Quantities and rates
-are kept as ``Decimal``; only the JSON rendering turns them into numbers.
+scenarios (renewals, cancellations, rejections; the hourly forwarder, its marketplace rules and its
+fault hooks are ``suger_forwarder``'s). It is thread-safe because uvicorn serves the app from its own
+thread while tests poke at the state from theirs. Quantities and rates are kept as ``Decimal``; only
+the JSON rendering turns them into numbers.
 """
 
 from __future__ import annotations
@@ -14,79 +15,38 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-PARTNERS = ("AWS", "AZURE", "GCP")
+from metronome_suger.sandbox.suger_forwarder import Forwarder
+from metronome_suger.sandbox.suger_json import (
+    PARTNERS,
+    JsonDict,
+    SugerError,
+    hour_floor,
+    metering_config_entries,
+    render,
+    utc,
+)
+
 ENTITLEMENT_STATUSES = ("ACTIVE", "CANCELLED", "DELETED", "PENDING_CANCEL", "PENDING_START",
                         "SUSPENDED")
 REPORTABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")
+MAX_ENTITLEMENT_DIMENSIONS = 50  # EntitlementInfo.dimensions: "The max size of dimensions is 50"
+GROUP_SOURCES = ("", "API", "INTERNAL", "LAGO", "METRONOME", "ORB", "STRIPE")  # UsageRecordGroupSource
 GROUP_STATUSES = ("CREATED", "INVALID", "REPORT_PENDING", "REPORTED", "REPORT_FAILED", "DELETED")
 ALL_ZERO_MESSAGE = "all the quantity of usage records are zero"
 _BUYER_INFO_FIELDS = ("metronomeCustomerId", "orbCustomerId", "lagoCustomerId", "stripeCustomerId",
                       "customerId", "chargebeeCustomerID", "quickbooksCustomerId", "companyInfo",
                       "paymentConfig")
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-JsonDict = dict[str, Any]
-
-
-class SugerError(Exception):
-    """A request Suger would refuse: carries the HTTP status and the message for the error body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, as Suger documents every timestamp in UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def rfc3339(value: datetime) -> str:
-    """Go-style RFC 3339 with ``Z`` (fraction only when non-zero), as Suger's backend emits it."""
-    value = utc(value)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def render(value: Any) -> Any:
-    """Turn internal values (Decimal, datetime) into the JSON the API returns."""
-    if isinstance(value, dict):
-        return {k: render(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [render(v) for v in value]
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
-
-
-def _hour_floor(value: datetime) -> datetime:
-    return value.replace(minute=0, second=0, microsecond=0)
 
 
 def _partner(value: str) -> str:
     if value not in PARTNERS:
         raise ValueError(f"partner must be one of {PARTNERS}, got {value!r}")
     return value
-
-
-def _valid_mapping_value(value: Any) -> bool:
-    """A UsageMeteringDimensionMappingValue: target key, known mode, non-negative multiplier."""
-    if not isinstance(value, dict) or not isinstance(value.get("dimensionKey"), str):
-        return False
-    multiplier = value.get("convertionMultiplier")
-    number = isinstance(multiplier, (int, float, Decimal)) and not isinstance(multiplier, bool)
-    return value.get("mappingMode") in (None, "", "QUANTITY", "AMOUNT") and (
-        multiplier is None or (number and multiplier >= 0))
 
 
 class SugerState:
@@ -101,12 +61,16 @@ class SugerState:
         self._buyers: dict[str, JsonDict] = {}
         self._entitlements: dict[str, JsonDict] = {}
         self._terms: dict[str, list[JsonDict]] = {}
+        self._all_dimensions: dict[str, list[JsonDict]] = {}  # entitlement → every dimension
+        self._products: dict[str, dict[str, JsonDict]] = {}  # product → dimension key → dimension
+        self._product_failures: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self._groups: dict[str, JsonDict] = {}
         self._queued_at: dict[str, datetime] = {}  # when a group (re)entered CREATED
         self._rejections: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        self._failing_reports: dict[str, int] = defaultdict(int)
+        self.forwarder = Forwarder(org_id, self.new_uuid, self.now, self._lock)
         self._config: JsonDict = {"partnerUsageMeteringConfigs": []}
         self._serial = 0
+        self.validation_ok_body = ""  # batchValidate's 200 string; the SDK types it only as str
 
     # -- time and ids ---------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -172,7 +136,11 @@ class SugerState:
                         status: str = "ACTIVE", start_time: datetime | None = None,
                         end_time: datetime | None = None, id: str | None = None,
                         product_id: str | None = None, name: str | None = None) -> JsonDict:
-        """Add an entitlement with a Signup term; start defaults to 90 days before today."""
+        """Add an entitlement with a Signup term; start defaults to 90 days before today.
+
+        As Suger does (``suger_sdk_python/models/entitlement_info.py``: "The max size of dimensions is
+        50. The oversized dimensions won't be saved in the EntitlementInfo"), ``info.dimensions``
+        keeps the first 50 and ``info.dimensionsOversized`` is set; the product keeps them all."""
         with self._lock:
             buyer = self._buyers.get(buyer_id)
             if buyer is None:
@@ -189,14 +157,20 @@ class SugerState:
                 hour=0, minute=0, second=0, microsecond=0) - timedelta(days=90)
             dims = [{"key": d["key"], "name": d.get("name") or d["key"],
                      "rate": Decimal(str(d.get("rate", 0)))} for d in dimensions]
+            product = product_id or f"product-{partner.lower()}"
+            info: JsonDict = {"dimensions": dims[:MAX_ENTITLEMENT_DIMENSIONS], "currency": "USD"}
+            if len(dims) > MAX_ENTITLEMENT_DIMENSIONS:
+                info["dimensionsOversized"] = True
             self._entitlements[ent_id] = {
                 "id": ent_id, "name": name or f"{buyer['name']} {partner} subscription",
-                "organizationID": self.org_id, "buyerID": buyer_id,
-                "productID": product_id or f"product-{partner.lower()}",
+                "organizationID": self.org_id, "buyerID": buyer_id, "productID": product,
                 "offerID": f"offer-{self._short_id()}", "partner": partner, "status": status,
                 "startTime": start, "creationTime": now, "lastUpdateTime": now,
-                "info": {"dimensions": dims, "currency": "USD"}, "metaInfo": {},
+                "info": info, "metaInfo": {},
             }
+            self._all_dimensions[ent_id] = dims
+            for dim in dims:
+                self._products.setdefault(product, {}).setdefault(dim["key"], dict(dim))
             self._terms[ent_id] = [self._term(ent_id, "Signup", start, end_time and utc(end_time))]
             return self.get_entitlement(ent_id)
 
@@ -218,13 +192,17 @@ class SugerState:
             raise SugerError(404, f"entitlement {ent_id} not found")
         return self._entitlements[ent_id]
 
+    def _entitlement_now(self, entitlement_id: str) -> JsonDict:
+        """The stored entitlement (datetimes, Decimals) with its current term id and end time."""
+        ent = dict(self._entitlement(entitlement_id))
+        term = self._current_term(entitlement_id)
+        ent["entitlementTermID"], ent["endTime"] = term["id"], term["endTime"]
+        return ent
+
     def get_entitlement(self, entitlement_id: str) -> JsonDict:
         """The entitlement as of the clock: its current term and that term's end time."""
         with self._lock:
-            ent = dict(self._entitlement(entitlement_id))
-            term = self._current_term(entitlement_id)
-            ent["entitlementTermID"], ent["endTime"] = term["id"], term["endTime"]
-            return render(ent)
+            return render(self._entitlement_now(entitlement_id))
 
     def entitlements(self, **filters: str | None) -> list[JsonDict]:
         """Filter by buyerID / partner / productID / offerID (API field names); None means any."""
@@ -252,12 +230,45 @@ class SugerState:
             self._entitlements[entitlement_id]["lastUpdateTime"] = self.now()
             return render(term)
 
+    def cancel_entitlement(self, entitlement_id: str, at: datetime) -> JsonDict:
+        """Cancelled at ``at``: status CANCELLED, the term running at ``at`` ends then (the
+        entitlement's ``endTime``, "nullable" in ``suger_sdk_python/models/workload_entitlement.py``
+        and ``workload_entitlement_term.py``), terms that would have started later are dropped."""
+        with self._lock:
+            ent = self._entitlement(entitlement_id)
+            at = utc(at)
+            terms = self._terms[entitlement_id]
+            kept = [t for t in terms if t["startTime"] < at] or terms[:1]
+            kept[-1]["endTime"], kept[-1]["lastUpdateTime"] = at, self.now()
+            self._terms[entitlement_id] = kept
+            ent["status"], ent["lastUpdateTime"] = "CANCELLED", self.now()
+            return self.get_entitlement(entitlement_id)
+
     def set_entitlement_status(self, entitlement_id: str, status: str) -> None:
         if status not in ENTITLEMENT_STATUSES:
             raise ValueError(f"status must be one of {ENTITLEMENT_STATUSES}")
         with self._lock:
             ent = self._entitlement(entitlement_id)
             ent["status"], ent["lastUpdateTime"] = status, self.now()
+
+    # -- products ---------------------------------------------------------------------------------
+    def product_dimensions(self, product_id: str) -> list[JsonDict]:
+        """Every MeteringDimension of a product (its entitlements', first key wins); 404 if unknown
+        (``suger_sdk_python/api/product_api.py`` list_product_metering_dimensions declares 404)."""
+        with self._lock:
+            if self._product_failures.get(product_id):
+                status, message = self._product_failures[product_id].pop(0)
+                raise SugerError(status, message)
+            if product_id not in self._products:
+                raise SugerError(404, f"product {product_id} not found")
+            return render(list(self._products[product_id].values()))
+
+    def fail_product_dimensions(self, product_id: str, *, status: int = 500,
+                                message: str = "internal error listing the product's dimensions",
+                                times: int = 1) -> None:
+        """Test hook: the next ``times`` listings of the product's dimensions answer ``status``."""
+        with self._lock:
+            self._product_failures[product_id].extend([(status, message)] * times)
 
     # -- metering config --------------------------------------------------------------------------
     def metering_config(self) -> JsonDict:
@@ -266,25 +277,18 @@ class SugerState:
 
     def set_metering_config(self, config: JsonDict) -> None:
         """Replace the whole UsageMeteringConfigInfo (the emulator's PATCH semantics too)."""
-        entries = config.get("partnerUsageMeteringConfigs") or []
-        if not isinstance(entries, list):
-            raise SugerError(400, "partnerUsageMeteringConfigs must be an array")
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("partner") not in PARTNERS:
-                raise SugerError(400, f"each partner config needs a partner in {PARTNERS}")
-            mapping = entry.get("dimensionMappingV2") or {}
-            for values in mapping.values() if isinstance(mapping, dict) else [None]:
-                for value in values if isinstance(values, list) else [None]:
-                    if not _valid_mapping_value(value):
-                        raise SugerError(400, f"invalid dimensionMappingV2 value: {value!r}")
+        entries = metering_config_entries(config)
         with self._lock:
             self._config = {"partnerUsageMeteringConfigs": copy.deepcopy(entries)}
 
     # -- usage record groups: ingest (the app validates bodies; the state keeps ids unique) -------
     def entitlement_snapshot(self, entitlement_id: str) -> JsonDict:
-        """A private copy of the stored entitlement (Decimal rates) for request validation."""
+        """A private copy of the entitlement for request validation: Decimal rates, its current
+        ``endTime``, and every dimension (Suger validates against all, not the 50 it shows)."""
         with self._lock:
-            return copy.deepcopy(self._entitlement(entitlement_id))
+            ent = copy.deepcopy(self._entitlement_now(entitlement_id))
+            ent["info"]["dimensions"] = copy.deepcopy(self._all_dimensions[entitlement_id])
+            return ent
 
     def check_rejection(self, entitlement_ids: Iterable[str]) -> None:
         """Raise (and consume) the first configured ``reject_next`` among these entitlements."""
@@ -316,7 +320,23 @@ class SugerState:
                 "serialID": self._serial, "usageRecordReportID": None,
             }
             self._queued_at[group_id] = now
+            self.forwarder.on_stored(self._groups[group_id])
             return render(self._groups[group_id])
+
+    def add_foreign_group(self, entitlement_id: str, records: dict[str, Any], *,
+                          source: str = "METRONOME", timestamp: datetime | None = None) -> JsonDict:
+        """Test hook: a group reported by one of Suger's own integrations (``metaInfo.source``, the
+        SDK's UsageRecordGroupSource), e.g. its Metronome integration with Auto Report Usage on."""
+        if source not in GROUP_SOURCES:
+            raise ValueError(f"source must be one of {GROUP_SOURCES}")
+        with self._lock:
+            ent = self._entitlement(entitlement_id)
+            quantities = {k: Decimal(str(v)) for k, v in records.items()}
+            return self.store_group({
+                "entitlementID": entitlement_id, "buyerID": ent["buyerID"], "partner": ent["partner"],
+                "records": quantities, "metaInfo": {"originRecords": dict(quantities),
+                                                    "timestamp": utc(timestamp or self.now()),
+                                                    "source": source}})
 
     # -- usage record groups: read and manage -----------------------------------------------------
     def groups(self) -> list[JsonDict]:
@@ -333,9 +353,10 @@ class SugerState:
             raise SugerError(404, f"usage record group {group_id} not found")
         return self._groups[group_id]
 
-    def set_group_status(self, group_id: str, status: str) -> None:
-        """Test hook: force a status (e.g. INVALID, which the API itself never produces)."""
-        if status not in GROUP_STATUSES:
+    def set_group_status(self, group_id: str, status: str, *, unknown: bool = False) -> None:
+        """Test hook: force a status; ``unknown=True`` allows one Suger may add later (a client must
+        keep it verbatim and never take it for success)."""
+        if status not in GROUP_STATUSES and not unknown:
             raise ValueError(f"status must be one of {GROUP_STATUSES}")
         with self._lock:
             group = self._group(group_id)
@@ -363,7 +384,7 @@ class SugerState:
             group.update(status="DELETED", lastUpdateTime=self.now())
             return render(group)
 
-    # -- fault injection and the hourly forwarder -------------------------------------------------
+    # -- fault injection and the hourly forwarder (suger_forwarder.py) ------------------------------
     def reject_next(self, entitlement_id: str, message: str, *, status: int = 400,
                     times: int = 1) -> None:
         """The next ``times`` report POSTs (single or batch) for this entitlement get ``status``."""
@@ -371,42 +392,29 @@ class SugerState:
             self._rejections[entitlement_id].extend([(status, message)] * times)
 
     def fail_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
-        """The next ``times`` forwarder reports (one per entitlement per run) end REPORT_FAILED."""
-        with self._lock:
-            self._failing_reports[entitlement_id] += times
+        """The next ``times`` forwarder reports (one per entitlement per run) end REPORT_FAILED;
+        the other hooks and the reports are on :attr:`forwarder`."""
+        self.forwarder.fail_next_report(entitlement_id, times=times)
+
+    def usage_record_reports(self) -> list[JsonDict]:
+        """What the forwarder reported to the marketplaces (MeteringUsageRecordReport shape)."""
+        return self.forwarder.reports()
 
     def run_forwarder(self, now: datetime | None = None) -> list[str]:
         """Forward every CREATED group queued up to ``now`` (default: the clock); return ids."""
         with self._lock:
             at = utc(now) if now else self.now()
             due = [g for g in self._created() if self._queued_at[g["id"]] <= at]
-            return self._forward(due, lambda _group: at)
+            return self.forwarder.forward([(at, g) for g in due], self._entitlement_now)
 
     def tick(self) -> list[str]:
         """Suger's hourly job, caught up: groups queued before the last full hour are forwarded,
         each by the first hourly run after it was queued. The app calls this on every request."""
         with self._lock:
-            cutoff = _hour_floor(self.now())
+            cutoff = hour_floor(self.now())
             due = [g for g in self._created() if self._queued_at[g["id"]] < cutoff]
-            return self._forward(
-                due, lambda g: _hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1))
+            runs = [(hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1), g) for g in due]
+            return self.forwarder.forward(runs, self._entitlement_now)
 
     def _created(self) -> list[JsonDict]:
         return [g for g in self._groups.values() if g["status"] == "CREATED"]
-
-    def _forward(self, due: list[JsonDict], run_time: Callable[[JsonDict], datetime]) -> list[str]:
-        """One usage record report per (entitlement, run), as Suger aggregates per entitlement."""
-        reports: dict[tuple[datetime, str], list[JsonDict]] = defaultdict(list)
-        for group in due:
-            reports[(run_time(group), group["entitlementID"])].append(group)
-        changed: list[str] = []
-        for (at, ent_id), members in sorted(reports.items()):
-            failed = self._failing_reports[ent_id] > 0
-            if failed:
-                self._failing_reports[ent_id] -= 1
-            report_id = self.new_uuid()
-            for group in members:
-                group.update(status="REPORT_FAILED" if failed else "REPORTED", lastUpdateTime=at,
-                             reportedTime=None if failed else at, usageRecordReportID=report_id)
-                changed.append(group["id"])
-        return changed

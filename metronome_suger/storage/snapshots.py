@@ -30,20 +30,23 @@ def store_metrics(
                        [(at, *row) for row in rows])
 
 
-LinkRow = tuple[str, str | None, str, str | None, str | None, datetime | None, datetime | None, str | None, str]
+LinkRow = tuple[str, str | None, str, str | None, str | None, datetime | None, datetime | None, str | None, str,
+                str | None]
 DimensionRow = tuple[str, str, str | None, Decimal | None]
 
 
 def store_links(
     conn: duckdb.DuckDBPyConnection, at: datetime, links: Sequence[LinkRow], dimensions: Sequence[DimensionRow]
 ) -> None:
-    """Links (customer, buyer, entitlement, partner, status, start, end, term, source) and the
-    dimensions (entitlement, key, name, rate) of the linked entitlements."""
+    """Links (customer, buyer, entitlement, partner, status, start, end, term, source, dimensions
+    problem) and the dimensions (entitlement, key, name, rate) of the linked entitlements. A
+    dimensions problem says why an entitlement's dimension list is incomplete (mapping_completeness
+    then blocks its windows)."""
     bulk_insert(conn, "entitlements",
                 {"snapshot_at": "TIMESTAMPTZ", "metronome_customer_id": "VARCHAR", "buyer_id": "VARCHAR",
                  "entitlement_id": "VARCHAR", "partner": "VARCHAR", "status": "VARCHAR",
                  "start_time": "TIMESTAMPTZ", "end_time": "TIMESTAMPTZ", "term_id": "VARCHAR",
-                 "link_source": "VARCHAR"},
+                 "link_source": "VARCHAR", "dimensions_problem": "VARCHAR"},
                 [(at, *row) for row in links])
     bulk_insert(conn, "entitlement_dimensions",
                 {"snapshot_at": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "dimension_key": "VARCHAR",

@@ -21,7 +21,7 @@ from suger_sdk_python.models import (
 from suger_sdk_python.models import NewUsageRecordGroup as SdkNewUsageRecordGroup
 from suger_sdk_python.models import UsageMeteringConfigInfo as SdkUsageMeteringConfigInfo
 
-from metronome_suger.clients.errors import AuthError, BadRequestError, NotFoundError
+from metronome_suger.clients.errors import AuthError, BadRequestError, NotFoundError, ServerError
 from metronome_suger.clients.suger import SugerClient
 from metronome_suger.clients.suger_models import Entitlement, NewUsageRecordGroup, ReportResult
 
@@ -406,3 +406,88 @@ def test_other_org_is_forbidden(sandbox: Any, sleeper: RecordingSleep) -> None:
     ):
         client.list_entitlements()
     assert info.value.status == 403
+
+
+# -- Suger's real shapes (issue 9) -----------------------------------------------------------------
+
+
+def test_error_bodies_are_json_strings_and_their_text_is_the_message(
+    sandbox: Any, suger: SugerClient
+) -> None:
+    """Suger's 400/404 bodies are JSON strings (the SDK's ``'400': "str"``): the message is the
+    string itself, not its quoted JSON."""
+    _, entitlement = _linked(sandbox)
+    with pytest.raises(BadRequestError) as zero:
+        suger.report_usage_record_group(_group(sandbox, entitlement["id"], cpu_hour=Decimal("0")))
+    assert zero.value.body == json.dumps("all the quantity of usage records are zero")
+    assert zero.value.message == "all the quantity of usage records are zero"
+    with pytest.raises(NotFoundError) as missing:
+        suger.list_product_dimensions("no-such-product")
+    assert missing.value.message == "product no-such-product not found"
+    assert str(missing.value).endswith("-> 404: product no-such-product not found")
+
+
+def test_validate_takes_any_200_as_valid_and_returns_a_400s_text(
+    sandbox: Any, suger: SugerClient
+) -> None:
+    """batchValidate's 200 is a string whatever it says ("Empty string if validation is
+    successful"); only a 400 carries a problem."""
+    _, entitlement = _linked(sandbox)
+    good = _group(sandbox, entitlement["id"])
+    sandbox.suger.validation_ok_body = "success"
+    raw = httpx.post(f"{sandbox.suger_url}/org/{sandbox.org_id}/batchValidateUsageRecordGroups",
+                     json=[{"entitlementID": entitlement["id"], "records": {"cpu_hour": 1}}], headers={"Authorization": f"Key {suger_key(sandbox)}"})
+    assert (raw.status_code, raw.json()) == (200, "success")  # what the client is about to read
+    assert suger.validate_usage_record_groups([good]) is None
+    bad = _group(sandbox, entitlement["id"], gpu_hour=Decimal("1"))
+    problem = suger.validate_usage_record_groups([bad])
+    assert problem == (f"record key 'gpu_hour' is not a metering dimension key or name of "
+                       f"entitlement {entitlement['id']}")
+
+
+def test_product_dimensions_beyond_the_entitlements_50(sandbox: Any, suger: SugerClient) -> None:
+    buyer = sandbox.suger.add_buyer("Big", partner="AWS")
+    dims = [{"key": f"d{n:02d}", "rate": f"0.{n:02d}5"} for n in range(1, 61)]
+    sandbox.suger.add_entitlement(buyer["id"], partner="AWS", dimensions=dims, product_id="prod-big")
+    [ent] = suger.list_entitlements(buyer_id=buyer["id"])
+    assert ent.info.dimensionsOversized is True and len(ent.info.dimensions) == 50
+    assert ent.productID == "prod-big"
+    listed = suger.list_product_dimensions("prod-big")
+    assert len(listed) == 60 and (listed[54].key, listed[54].rate) == ("d55", Decimal("0.555"))
+    others = [e for e in suger.list_entitlements() if e.id != ent.id]
+    assert others and not any(e.info.dimensionsOversized for e in others)
+
+
+def test_a_failing_product_dimension_listing_is_retried_then_raised(
+    sandbox: Any, suger: SugerClient, sleeper: RecordingSleep
+) -> None:
+    _, entitlement = _linked(sandbox)
+    sandbox.suger.fail_product_dimensions(entitlement["productID"], message="db timeout", times=10)
+    with pytest.raises(ServerError) as failed:
+        suger.list_product_dimensions(entitlement["productID"])
+    assert failed.value.message == "db timeout" and failed.value.attempts == 4
+
+
+def test_groups_are_listed_from_our_source_unless_asked(sandbox: Any, suger: SugerClient) -> None:
+    """Suger's own Metronome integration stores groups for the same entitlements
+    (``metaInfo.source`` METRONOME); our listing asks for ``source=API`` by default."""
+    _, entitlement = _linked(sandbox)
+    ours = _group(sandbox, entitlement["id"])
+    suger.report_usage_record_group(ours)
+    theirs = sandbox.suger.add_foreign_group(entitlement["id"], {"cpu_hour": 4}, source="METRONOME")
+    sandbox.suger_log.clear()
+    assert [g.id for g in suger.list_usage_record_groups()] == [ours.id]
+    assert "source=API" in sandbox.suger_log.find("GET")[-1].query
+    assert [g.id for g in suger.list_usage_record_groups(source="METRONOME")] == [theirs["id"]]
+    assert {g.id for g in suger.list_usage_record_groups(source=None)} == {ours.id, theirs["id"]}
+
+
+def test_group_statuses_are_kept_verbatim(sandbox: Any, suger: SugerClient) -> None:
+    _, entitlement = _linked(sandbox)
+    pending, newer = _group(sandbox, entitlement["id"]), _group(sandbox, entitlement["id"])
+    for group in (pending, newer):
+        suger.report_usage_record_group(group)
+    sandbox.suger.set_group_status(pending.id, "REPORT_PENDING")
+    sandbox.suger.set_group_status(newer.id, "REPORT_QUEUED", unknown=True)  # a status Suger may add
+    statuses = {g.id: g.status for g in suger.list_usage_record_groups()}
+    assert statuses == {pending.id: "REPORT_PENDING", newer.id: "REPORT_QUEUED"}

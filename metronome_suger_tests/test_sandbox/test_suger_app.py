@@ -54,6 +54,15 @@ class Env:
         return next(g["status"] for g in groups if g["id"] == group_id)
 
 
+def error_text(response: httpx.Response) -> str:
+    """A handler's error body: a JSON *string*, as the SDK declares 400/404/409/500
+    (``suger_sdk_python/api/metering_api.py``: ``'400': "str"``), never an object."""
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body, str), f"error body is not a JSON string: {response.text}"
+    return body
+
+
 @pytest.fixture
 def env() -> Iterator[Env]:
     with Sandbox(customers=0, now=NOW) as sandbox:
@@ -107,7 +116,7 @@ def test_get_buyer_and_unknown_buyer(env: Env) -> None:
     assert buyer["info"]["metronomeCustomerId"] == "cust-acme"
     assert buyer["organizationID"] == ORG and buyer["creationTime"] == "2026-11-25T12:30:00Z"
     missing = env.http.get(f"/org/{ORG}/buyer/nope")
-    assert missing.status_code == 404 and "nope" in missing.json()["message"]
+    assert missing.status_code == 404 and "nope" in error_text(missing)
 
 
 def test_patch_buyer_links_metronome_customer_and_keeps_other_fields(env: Env) -> None:
@@ -127,9 +136,9 @@ def test_patch_buyer_links_metronome_customer_and_keeps_other_fields(env: Env) -
 def test_patch_buyer_errors(env: Env) -> None:
     assert env.http.patch(f"/org/{ORG}/buyer/nope", json={"name": "x"}).status_code == 404
     bad_type = env.patch_buyer({"metronomeCustomerId": 7})
-    assert bad_type.status_code == 400 and "metronomeCustomerId" in bad_type.json()["message"]
+    assert bad_type.status_code == 400 and "metronomeCustomerId" in error_text(bad_type)
     malformed = env.http.patch(f"/org/{ORG}/buyer/{env.buyer['id']}", content=b"{not json")
-    assert malformed.status_code == 400 and "JSON" in malformed.json()["message"]
+    assert malformed.status_code == 400 and "JSON" in error_text(malformed)
 
 
 # -- entitlements ---------------------------------------------------------------------------------
@@ -184,7 +193,37 @@ def test_terms_and_renewal_switch_entitlement_term_at_renewal_time(env: Env) -> 
 def test_product_dimensions(env: Env) -> None:
     dims = env.http.get(f"/org/{ORG}/product/prod-1/dimension").json()
     assert [d["key"] for d in dims] == ["cpu_hour", "usage_fee"] and dims[0]["rate"] == 0.25
-    assert env.http.get(f"/org/{ORG}/product/nope/dimension").status_code == 404
+    missing = env.http.get(f"/org/{ORG}/product/nope/dimension")
+    assert missing.status_code == 404 and error_text(missing) == "product nope not found"
+
+
+def _many_dims(count: int) -> list[dict[str, Any]]:
+    return [{"key": f"dim_{n:02d}", "name": f"Dimension {n}", "rate": f"0.{n:02d}"}
+            for n in range(1, count + 1)]
+
+
+def test_an_entitlement_keeps_50_dimensions_and_flags_the_rest_on_its_product(env: Env) -> None:
+    """``EntitlementInfo.dimensions``: "The max size of dimensions is 50. The oversized dimensions
+    won't be saved in the EntitlementInfo" (+ ``dimensionsOversized``); the product lists them all."""
+    env.state.add_entitlement(env.buyer["id"], partner="AWS", dimensions=_many_dims(60), id="big",
+                              product_id="prod-big")
+    ent = env.http.get(f"/org/{ORG}/entitlement/big").json()
+    assert len(ent["info"]["dimensions"]) == 50 and ent["info"]["dimensionsOversized"] is True
+    assert ent["info"]["dimensions"][-1]["key"] == "dim_50"
+    assert "dimensionsOversized" not in env.http.get(f"/org/{ORG}/entitlement/{env.ent['id']}").json()["info"]
+    dims = env.http.get(f"/org/{ORG}/product/prod-big/dimension").json()
+    assert [d["key"] for d in dims] == [f"dim_{n:02d}" for n in range(1, 61)]
+    assert dims[54] == {"key": "dim_55", "name": "Dimension 55", "rate": 0.55}
+    # Suger validates a report against all of them, not only the 50 it shows
+    assert env.report({"dim_55": 2}, ent_id="big").status_code == 200
+
+
+def test_a_failing_product_dimension_listing_answers_its_status(env: Env) -> None:
+    env.state.fail_product_dimensions("prod-1", status=500, message="db timeout", times=2)
+    for _ in range(2):
+        failed = env.http.get(f"/org/{ORG}/product/prod-1/dimension")
+        assert (failed.status_code, error_text(failed)) == (500, "db timeout")
+    assert env.http.get(f"/org/{ORG}/product/prod-1/dimension").status_code == 200
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -218,7 +257,7 @@ def test_repeated_id_is_409_whatever_the_body(env: Env) -> None:
     assert env.report({"cpu_hour": 1}, id="dup").status_code == 200
     url = f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup"
     again = env.http.post(url, json={"id": "dup"})
-    assert again.status_code == 409 and "dup" in again.json()["message"]
+    assert again.status_code == 409 and "dup" in error_text(again)
     assert len(env.state.groups()) == 1
 
 
@@ -245,20 +284,48 @@ def test_concurrent_reports_of_one_id_store_exactly_one_group(env: Env) -> None:
 def test_invalid_records_are_400(env: Env, records: dict[str, Any], needle: str) -> None:
     response = env.report(records)
     assert response.status_code == 400
-    assert needle in response.json()["message"]
+    assert needle in error_text(response)
     assert env.state.groups() == []
 
 
 def test_all_zero_message_is_exact(env: Env) -> None:
-    expected = {"message": "all the quantity of usage records are zero"}
-    assert env.report({"cpu_hour": 0}).json() == expected
+    response = env.report({"cpu_hour": 0})
+    assert response.json() == "all the quantity of usage records are zero"  # a JSON string body
 
 
 @pytest.mark.parametrize("status", ["CANCELLED", "SUSPENDED", "PENDING_START", "DELETED"])
 def test_inactive_entitlement_is_400(env: Env, status: str) -> None:
-    env.state.set_entitlement_status(env.ent["id"], status)
-    response = env.report({"cpu_hour": 1})
-    assert response.status_code == 400 and status in response.json()["message"]
+    env.state.set_entitlement_status(env.ent["id"], status)  # CANCELLED without an end time
+    response = env.report({"cpu_hour": 1}, timestamp="2026-11-25T09:00:00Z")
+    assert response.status_code == 400 and status in error_text(response)
+
+
+def test_cancelled_entitlement_takes_usage_generated_before_its_end_time(env: Env) -> None:
+    """The marketplaces take usage generated before a cancellation (AWS within 1 h of
+    deprovisioning, Azure hours before it, GCP timestamps before it), never after."""
+    cancelled = env.state.cancel_entitlement(env.ent["id"], datetime(2026, 11, 25, 10, 20, tzinfo=timezone.utc))
+    assert (cancelled["status"], cancelled["endTime"]) == ("CANCELLED", "2026-11-25T10:20:00Z")
+    listed = env.http.get(f"/org/{ORG}/entitlement/{env.ent['id']}").json()
+    assert (listed["status"], listed["endTime"], listed["lastUpdateTime"]) == (
+        "CANCELLED", "2026-11-25T10:20:00Z", "2026-11-25T12:30:00Z")
+    assert env.report({"cpu_hour": 1}, timestamp="2026-11-25T09:00:00Z").status_code == 200
+    assert env.report({"cpu_hour": 1}, timestamp="2026-11-25T10:19:59Z").status_code == 200
+    for late in ("2026-11-25T10:20:00Z", "2026-11-25T11:00:00Z"):
+        refused = env.report({"cpu_hour": 1}, timestamp=late)
+        assert refused.status_code == 400
+        assert error_text(refused) == (f"entitlement {env.ent['id']} is CANCELLED, its end time is "
+                                       f"2026-11-25T10:20:00Z: usage at {late} is not before it")
+    assert env.report({"cpu_hour": 1}).status_code == 400  # no timestamp: now, after the end
+
+
+def test_cancellation_drops_the_terms_that_had_not_started(env: Env) -> None:
+    year_end = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    env.state.add_entitlement(env.buyer["id"], partner="AWS", dimensions=DIMS, id="renewing",
+                              end_time=year_end)
+    env.state.renew_entitlement("renewing", at=year_end)
+    env.state.cancel_entitlement("renewing", NOW + timedelta(days=1))
+    terms = env.http.get(f"/org/{ORG}/entitlement/renewing/entitlementTerm").json()
+    assert [(t["info"]["type"], t["endTime"]) for t in terms] == [("Signup", "2026-11-26T12:30:00Z")]
 
 
 def test_pending_cancel_entitlement_still_accepts_usage(env: Env) -> None:
@@ -275,13 +342,13 @@ def test_pending_cancel_entitlement_still_accepts_usage(env: Env) -> None:
 ])
 def test_bad_report_fields_are_400(env: Env, extra: dict[str, Any], needle: str) -> None:
     response = env.report({"cpu_hour": 1}, **extra)
-    assert response.status_code == 400 and needle in response.json()["message"]
+    assert response.status_code == 400 and needle in error_text(response)
 
 
 def test_report_unknown_entitlement_is_404_and_malformed_json_400(env: Env) -> None:
     assert env.report({"cpu_hour": 1}, ent_id="nope").status_code == 404
     bad = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup", content=b"[1,")
-    assert bad.status_code == 400 and bad.json()["message"]
+    assert bad.status_code == 400 and error_text(bad)
     nan = env.http.post(f"/org/{ORG}/entitlement/{env.ent['id']}/usageRecordGroup",
                         content=b'{"organizationID":"org-test","records":{"cpu_hour":NaN}}')
     assert nan.status_code == 400
@@ -291,7 +358,7 @@ def test_reject_next_answers_configured_status_then_recovers(env: Env) -> None:
     env.state.reject_next(env.ent["id"], "marketplace says no", status=503, times=2)
     for _ in range(2):
         response = env.report({"cpu_hour": 1}, id="r-1")
-        assert (response.status_code, response.json()) == (503, {"message": "marketplace says no"})
+        assert (response.status_code, response.json()) == (503, "marketplace says no")
     assert env.report({"cpu_hour": 1}, id="r-1").status_code == 200
 
 
@@ -301,11 +368,11 @@ def test_batch_create_stores_all_or_nothing(env: Env) -> None:
             "timestamp": "2026-11-25T11:00:00Z"}
     bad = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 0}}
     rejected = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, bad])
-    assert rejected.status_code == 400 and rejected.json()["message"] == ALL_ZERO_MESSAGE
+    assert rejected.status_code == 400 and error_text(rejected) == ALL_ZERO_MESSAGE
     assert env.state.groups() == []
     unknown = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups",
                             json=[{"entitlementID": "nope", "records": {"a": 1}}])
-    assert unknown.status_code == 400 and "nope" in unknown.json()["message"]
+    assert unknown.status_code == 400 and "nope" in error_text(unknown)
     created = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[good, good])
     assert created.status_code == 200
     groups = created.json()
@@ -319,17 +386,18 @@ def test_batch_create_honours_reject_next(env: Env) -> None:
     env.state.reject_next(env.ent["id"], "boom", status=500)
     item = {"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}}
     response = env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[item])
-    assert (response.status_code, response.json()) == (500, {"message": "boom"})
+    assert (response.status_code, response.json()) == (500, "boom")
     assert env.http.post(f"/org/{ORG}/batchCreateUsageRecordGroups", json=[item]).status_code == 200
 
 
-def test_batch_validate_uses_plain_string_bodies_and_stores_nothing(env: Env) -> None:
+def test_batch_validate_answers_json_strings_and_stores_nothing(env: Env) -> None:
+    """200 is the JSON string "" ("Empty string if validation is successful"), 400 the problem as a
+    JSON string: the SDK types both as ``str``."""
     url = f"/org/{ORG}/batchValidateUsageRecordGroups"
     ok = env.http.post(url, json=[{"entitlementID": env.ent["id"], "records": {"cpu_hour": 1}}])
-    assert (ok.status_code, ok.text) == (200, "")
+    assert (ok.status_code, ok.headers["content-type"], ok.text) == (200, "application/json", '""')
     bad = env.http.post(url, json=[{"entitlementID": env.ent["id"], "records": {"disk": 1}}])
-    assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/plain")
-    assert "disk" in bad.text and not bad.text.startswith("{")
+    assert bad.status_code == 400 and "disk" in error_text(bad)
     assert env.http.post(url, json={"not": "a list"}).status_code == 400
     assert env.state.groups() == []
 
@@ -346,8 +414,14 @@ def test_list_groups_filters(env: Env) -> None:
     assert ids(partner="AZURE") == ["b"]
     assert ids(productId="prod-1") == ["a"]
     assert ids(status="REPORTED") == [] and ids(source="API") == ["a", "b"]
+    theirs = env.state.add_foreign_group(env.ent["id"], {"cpu_hour": 2}, source="METRONOME")
+    assert ids(source="METRONOME") == [theirs["id"]] and ids(source="API") == ["a", "b"]
+    assert ids() == ["a", "b", theirs["id"]]  # no source: every source
+    assert theirs["metaInfo"]["source"] == "METRONOME" and theirs["status"] == "CREATED"
+    bad_source = env.http.get(f"/org/{ORG}/usageRecordGroup", params={"source": "SALESFORCE"})
+    assert bad_source.status_code == 400 and "SALESFORCE" in error_text(bad_source)
     two = env.http.get(f"/org/{ORG}/usageRecordGroup", params={"partner": "AWS", "buyerId": "b2"})
-    assert two.status_code == 400 and "only one" in two.json()["message"]
+    assert two.status_code == 400 and "only one" in error_text(two)
     for params in ({"status": "DONE"}, {"startDate": "2026/11/01"}, {"limit": 0}, {"offset": "x"},
                    {"startDate": "2026-11-26", "endDate": "2026-11-25"}):
         assert env.http.get(f"/org/{ORG}/usageRecordGroup", params=params).status_code == 400
@@ -411,7 +485,7 @@ def test_failed_report_retry_then_reported(env: Env) -> None:
     env.clock.advance(timedelta(hours=1))
     assert env.status_of("x1") == "REPORTED"
     again = env.http.post(f"/org/{ORG}/usageRecordGroup/x1/retry")
-    assert again.status_code == 400 and "REPORT_FAILED" in again.json()["message"]
+    assert again.status_code == 400 and "REPORT_FAILED" in error_text(again)
     assert env.http.post(f"/org/{ORG}/usageRecordGroup/nope/retry").status_code == 404
 
 
@@ -440,11 +514,14 @@ def test_delete_only_created_or_invalid(env: Env) -> None:
     deleted = env.http.delete(url, params={"creationDate": "2026-11-25"})
     assert deleted.status_code == 200 and deleted.json()["status"] == "DELETED"
     assert env.http.delete(f"/org/{ORG}/usageRecordGroup/d3").json()["status"] == "DELETED"
-    assert [g["id"] for g in env.list_groups()["usageRecordGroups"]] == ["d2"]
+    # listed with the others: "default no filter by status if not provided"
+    assert [(g["id"], g["status"]) for g in env.list_groups()["usageRecordGroups"]] == [
+        ("d1", "DELETED"), ("d2", "CREATED"), ("d3", "DELETED")]
     assert [g["id"] for g in env.list_groups(status="DELETED")["usageRecordGroups"]] == ["d1", "d3"]
+    assert [g["id"] for g in env.list_groups(status="CREATED")["usageRecordGroups"]] == ["d2"]
     env.state.run_forwarder()
     reported = env.http.delete(f"/org/{ORG}/usageRecordGroup/d2")
-    assert reported.status_code == 400 and "REPORTED" in reported.json()["message"]
+    assert reported.status_code == 400 and "REPORTED" in error_text(reported)
     assert env.http.delete(f"/org/{ORG}/usageRecordGroup/nope").status_code == 404
     assert env.report({"cpu_hour": 1}, id="d1").status_code == 409  # the id stays taken
 
@@ -478,7 +555,7 @@ def test_enabled_dimension_mapping_converts_on_ingest(env: Env) -> None:
     assert group["records"] == {"cpu_hour": 1.5, "usage_fee": 150}  # $1.5 at $0.01 per unit
     assert group["metaInfo"]["originRecords"] == {"cpu_seconds": 3, "metronome": 1.5}
     unmapped = env.report({"bogus": 1})
-    assert unmapped.status_code == 400 and "bogus" in unmapped.json()["message"]
+    assert unmapped.status_code == 400 and "bogus" in error_text(unmapped)
 
 
 # -- state API used directly by tests and scenarios -----------------------------------------------

@@ -260,3 +260,52 @@ def test_sdk_with_wrong_key_gets_401(url: str) -> None:
     with ApiClient(config) as client, pytest.raises(ApiException) as denied:
         EntitlementApi(client).list_entitlements(ORG)
     assert denied.value.status == 401
+
+
+# -- (3) the shapes issue 9 brought in -------------------------------------------------------------------
+def test_sdk_error_bodies_are_json_strings(sdk: ApiClient) -> None:
+    """400/404/500 are typed ``"str"`` in every ``_response_types_map`` the SDK generates."""
+    metering = MeteringApi(sdk)
+    zero = CreateUsageRecordGroupParams(organization_id=ORG, entitlement_id="ent-1",
+                                        records={"cpu_hour": 0})
+    with pytest.raises(ApiException) as rejected:
+        metering.report_usage_record_group(ORG, "ent-1", zero)
+    assert json.loads(rejected.value.body or "") == ALL_ZERO_MESSAGE
+    with pytest.raises(ApiException) as missing:
+        ProductApi(sdk).list_product_metering_dimensions(ORG, "no-such-product")
+    assert missing.value.status == 404
+    assert json.loads(missing.value.body or "") == "product no-such-product not found"
+    bad = NewUsageRecordGroup(entitlement_id="ent-1", records={"disk_gb": 1})
+    with pytest.raises(ApiException) as invalid:
+        metering.batch_validate_usage_record_groups(ORG, [bad])
+    assert "disk_gb" in json.loads(invalid.value.body or "")
+
+
+def test_sdk_reads_oversized_dimensions_and_the_product_list(sdk: ApiClient, state: SugerState) -> None:
+    dims = [{"key": f"d{n}", "name": f"D {n}", "rate": n} for n in range(60)]
+    state.add_entitlement("buyer-1", partner="AWS", dimensions=dims, id="ent-big", product_id="prod-big")
+    ent = EntitlementApi(sdk).get_entitlement(ORG, "ent-big")
+    assert ent.info is not None and ent.info.dimensions is not None
+    assert len(ent.info.dimensions) == 50 and ent.info.dimensions_oversized is True
+    listed = ProductApi(sdk).list_product_metering_dimensions(ORG, "prod-big")
+    assert [d.key for d in listed] == [f"d{n}" for n in range(60)] and listed[55].rate == 55
+
+
+def test_sdk_lists_by_source_and_reads_cancellation_and_pending_status(
+    sdk: ApiClient, state: SugerState, http: httpx.Client,
+) -> None:
+    _report(http, "ours")
+    foreign = state.add_foreign_group("ent-1", {"cpu_hour": 3}, source="METRONOME")
+    metering = MeteringApi(sdk)
+    by_source = metering.list_usage_record_groups(ORG, source="METRONOME")
+    assert [g.id for g in by_source.usage_record_groups or []] == [foreign["id"]]
+    [theirs] = by_source.usage_record_groups or []
+    assert theirs.meta_info is not None
+    assert theirs.meta_info.source == UsageRecordGroupSource.UsageRecordGroupSourceMETRONOME
+    state.set_group_status("ours", "REPORT_PENDING")
+    ours = metering.list_usage_record_groups(ORG, source="API")
+    assert [(g.id, g.status) for g in ours.usage_record_groups or []] == [("ours", "REPORT_PENDING")]
+    state.cancel_entitlement("ent-1", NOW)
+    cancelled = EntitlementApi(sdk).get_entitlement(ORG, "ent-1")
+    assert cancelled.status is not None and cancelled.status.value == "CANCELLED"
+    assert cancelled.end_time == NOW

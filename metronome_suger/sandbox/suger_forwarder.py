@@ -1,0 +1,257 @@
+"""Suger's hourly report job and the marketplaces behind it, as the Suger emulator models them.
+
+Every hour Suger picks up the ``CREATED`` groups and reports them, one usage record report per
+entitlement, to the entitlement's marketplace, which accepts or refuses each record by its own rules.
+The rules below are the marketplaces' own, fixed here; they never read this project's configuration
+(nor import its deadline code), so a group our pipeline hands over too late fails here the way it
+fails in production:
+
+* AWS ``BatchMeterUsage``: a ``UsageRecord.Timestamp`` at most 6 h before the call, else
+  ``TimestampOutOfBoundsException`` (AWS Marketplace Metering API reference, UsageRecord); after the
+  "License Deprovisioned" event the seller has 1 h to meter the remaining usage, later records fail
+  as ``CustomerNotSubscribed`` (AWS Seller Guide, SaaS EventBridge notifications).
+* Azure metered billing: ``effectiveStartTime`` at most 24 h old, else the item is ``Expired``
+  (Azure Marketplace metering service APIs).
+* GCP Service Control: usage "within one hour of the usage being generated", i.e. of the end of its
+  hour, and a month's usage (its Pacific-time month) by 01:00 US Pacific on the 1st of the next month
+  (Google Cloud Marketplace, best practices for usage reporting).
+
+Suger puts the group's ``timestamp`` on the marketplace record (its ``effectiveStartTime``, the start of
+the GCP interval). It keeps the marketplace's answer on the usage record report
+(``MeteringUsageRecordReport.info.message`` and ``info.status`` SUCCESS / FAILED:
+``suger_sdk_python/models/metering_usage_record_report.py``, ``metering_usage_record_report_info.py``,
+``usage_record_report_status.py``); a group has no message field, only its status.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from metronome_suger.sandbox.suger_json import JsonDict, hour_floor, render
+
+HOUR = timedelta(hours=1)
+AWS_MAX_AGE = timedelta(hours=6)  # BatchMeterUsage: Timestamp up to six hours in the past
+AWS_AFTER_DEPROVISIONING = timedelta(hours=1)  # remaining usage within 1 h of License Deprovisioned
+AZURE_MAX_AGE = timedelta(hours=24)  # usage event: effectiveStartTime up to 24 hours old
+GCP_GRACE = timedelta(hours=1)  # within one hour of the end of the usage interval
+PACIFIC = ZoneInfo("America/Los_Angeles")
+INJECTED_FAILURE = "the marketplace call failed (fault injected by fail_next_report)"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gcp_month_cutoff(interval_start: datetime) -> datetime:
+    """01:00 US Pacific on the 1st of the month after the Pacific month the interval starts in."""
+    local = interval_start.astimezone(PACIFIC)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return datetime(year, month, 1, 1, tzinfo=PACIFIC).astimezone(timezone.utc)
+
+
+def marketplace_refusal(partner: str, timestamp: datetime, at: datetime,
+                        deprovisioned_at: datetime | None = None) -> str | None:
+    """The marketplace's message when it refuses usage stamped ``timestamp`` reported at ``at``;
+    None when it accepts it. Every bound is inclusive: exactly at the limit is still accepted."""
+    if partner == "AWS":
+        if deprovisioned_at is not None and at - deprovisioned_at > AWS_AFTER_DEPROVISIONING:
+            return (f"AWS BatchMeterUsage: CustomerNotSubscribed: the subscription was deprovisioned "
+                    f"at {_iso(deprovisioned_at)}; its remaining usage had to be metered within 1 hour, "
+                    f"the call was at {_iso(at)}")
+        if at - timestamp > AWS_MAX_AGE:
+            return (f"AWS BatchMeterUsage: TimestampOutOfBoundsException: the usage record Timestamp "
+                    f"{_iso(timestamp)} is more than 6 hours before the call at {_iso(at)}")
+        return None
+    if partner == "AZURE":
+        if at - timestamp > AZURE_MAX_AGE:
+            return (f"AZURE batchUsageEvent: Expired: effectiveStartTime {_iso(timestamp)} is more "
+                    f"than 24 hours before the call at {_iso(at)}")
+        return None
+    if partner == "GCP":
+        start = hour_floor(timestamp)
+        cutoff = gcp_month_cutoff(start)
+        if at > cutoff:
+            month = start.astimezone(PACIFIC).strftime("%Y-%m")
+            return (f"GCP services.report: usage of {month} (US Pacific) had to be reported by "
+                    f"{cutoff.astimezone(PACIFIC):%Y-%m-%d %H:%M} US Pacific ({_iso(cutoff)}); "
+                    f"reported at {_iso(at)}")
+        if at > start + HOUR + GCP_GRACE:
+            return (f"GCP services.report: usage of the interval {_iso(start)} to "
+                    f"{_iso(start + HOUR)} had to be reported within 1 hour of its end; "
+                    f"reported at {_iso(at)}")
+        return None
+    raise ValueError(f"unknown marketplace {partner!r}")
+
+
+@dataclass
+class _Outcome:
+    """One usage record report of a run and what it does to its groups once the call completes."""
+
+    report: JsonDict
+    group_status: str  # REPORTED | REPORT_FAILED
+    members: list[JsonDict]
+
+
+class Forwarder:
+    """The forwarding job of one organization: its fault hooks (failed, in-flight and invalidated
+    reports, for tests) and the usage record reports it made. It shares :class:`SugerState`'s lock,
+    which calls :meth:`forward` with the groups that are due."""
+
+    def __init__(self, org_id: str, new_id: Callable[[], str], now: Callable[[], datetime],
+                 lock: threading.RLock) -> None:
+        self.org_id = org_id
+        self._new_id = new_id
+        self._now = now
+        self._lock = lock
+        self._reports: dict[str, JsonDict] = {}
+        self._failing: dict[str, int] = defaultdict(int)
+        self._holding: dict[str, int] = defaultdict(int)
+        self._held: dict[str, list[list[_Outcome]]] = defaultdict(list)
+        self._invalidate: dict[str, list[str]] = defaultdict(list)
+        self._flagged: dict[str, str] = {}  # group id → why the next run marks it INVALID
+        self._invalid_messages: dict[str, str] = {}
+
+    # -- test hooks -------------------------------------------------------------------------------
+    def fail_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
+        """The next ``times`` reports (one per entitlement per run) fail: REPORT_FAILED."""
+        with self._lock:
+            self._failing[entitlement_id] += times
+
+    def hold_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
+        """The next ``times`` runs' calls for this entitlement stay in flight: their groups are
+        REPORT_PENDING (their report CREATED) until :meth:`release`."""
+        with self._lock:
+            self._holding[entitlement_id] += times
+
+    def release(self, entitlement_id: str | None = None) -> list[str]:
+        """The marketplace answers the held calls, of one entitlement or all (its verdict is the one
+        for the call's run time); returns the ids of the groups that changed."""
+        with self._lock:
+            now = self._now()
+            changed: list[str] = []
+            for ent_id in [entitlement_id] if entitlement_id else list(self._held):
+                for outcomes in self._held.pop(ent_id, []):
+                    self._complete(outcomes, now)
+                    changed += [g["id"] for outcome in outcomes for g in outcome.members]
+            return changed
+
+    def invalidate_next(self, entitlement_id: str, message: str, *, times: int = 1) -> None:
+        """The next ``times`` groups Suger accepts (200, CREATED) for this entitlement turn INVALID
+        at the next run instead of being reported: real Suger may validate after accepting."""
+        with self._lock:
+            self._invalidate[entitlement_id].extend([message] * times)
+
+    def invalid_message(self, group_id: str) -> str | None:
+        """Why ``invalidate_next`` made a group INVALID (Suger's groups carry no message)."""
+        with self._lock:
+            return self._invalid_messages.get(group_id)
+
+    def reports(self) -> list[JsonDict]:
+        """The MeteringUsageRecordReports made so far, in API shape, oldest first."""
+        with self._lock:
+            return [render(r) for r in self._reports.values()]
+
+    def on_stored(self, group: JsonDict) -> None:
+        """A group Suger just accepted (200): flag it if ``invalidate_next`` asked for it."""
+        pending = self._invalidate.get(group["entitlementID"])
+        if pending:
+            self._flagged[group["id"]] = pending.pop(0)
+
+    # -- the job ----------------------------------------------------------------------------------
+    def forward(self, runs: Iterable[tuple[datetime, JsonDict]],
+                entitlement: Callable[[str], JsonDict]) -> list[str]:
+        """Forward each (run time, group); ``entitlement(id)`` gives its partner, status and end time.
+        Returns the ids of the groups whose status changed. Called under the state's lock."""
+        by_run: dict[tuple[datetime, str], list[JsonDict]] = defaultdict(list)
+        for at, group in runs:
+            by_run[(at, group["entitlementID"])].append(group)
+        changed: list[str] = []
+        for (at, ent_id), members in sorted(by_run.items(), key=lambda item: item[0]):
+            changed += self._invalidated(at, members)
+            members = [g for g in members if g["status"] == "CREATED"]
+            if not members:
+                continue
+            outcomes = self._outcomes(at, entitlement(ent_id), members)
+            if self._holding[ent_id] > 0:
+                self._holding[ent_id] -= 1
+                for outcome in outcomes:  # the marketplace call is in flight
+                    outcome.report["info"]["status"] = "CREATED"
+                    for group in outcome.members:
+                        group.update(status="REPORT_PENDING", lastUpdateTime=at,
+                                     usageRecordReportID=outcome.report["id"])
+                self._held[ent_id].append(outcomes)
+            else:
+                self._complete(outcomes, at)
+            changed += [g["id"] for g in members]
+        return changed
+
+    def _invalidated(self, at: datetime, members: list[JsonDict]) -> list[str]:
+        """Groups Suger accepted with 200 and later found invalid: INVALID, never reported."""
+        changed = []
+        for group in members:
+            message = self._flagged.pop(group["id"], None)
+            if message is not None and group["status"] == "CREATED":
+                group.update(status="INVALID", lastUpdateTime=at)
+                self._invalid_messages[group["id"]] = message
+                changed.append(group["id"])
+        return changed
+
+    def _outcomes(self, at: datetime, ent: JsonDict, members: list[JsonDict]) -> list[_Outcome]:
+        """Accepted groups in one report, refused ones in one report per marketplace message."""
+        deprovisioned = ent.get("endTime") if ent.get("status") == "CANCELLED" else None
+        accepted: list[JsonDict] = []
+        refused: dict[str, list[JsonDict]] = defaultdict(list)
+        for group in members:
+            message = marketplace_refusal(ent["partner"], group["metaInfo"]["timestamp"], at,
+                                          deprovisioned)
+            if message is None:
+                accepted.append(group)
+            else:
+                refused[message].append(group)
+        outcomes = []
+        if accepted:
+            failed = self._failing[ent["id"]] > 0
+            if failed:
+                self._failing[ent["id"]] -= 1
+            outcomes.append(_Outcome(self._report(at, ent, accepted, INJECTED_FAILURE if failed else None),
+                                     "REPORT_FAILED" if failed else "REPORTED", accepted))
+        outcomes += [_Outcome(self._report(at, ent, groups, message), "REPORT_FAILED", groups)
+                     for message, groups in refused.items()]
+        return outcomes
+
+    def _report(self, at: datetime, ent: JsonDict, groups: list[JsonDict],
+                message: str | None) -> JsonDict:
+        """A ``MeteringUsageRecordReport`` in the SDK's shape (the models named in the docstring)."""
+        starts = [hour_floor(g["metaInfo"]["timestamp"]) for g in groups]
+        info: JsonDict = {"status": "FAILED" if message else "SUCCESS", "partner": ent["partner"],
+                          "startTime": min(starts), "endTime": max(starts) + HOUR,
+                          "usageRecordGroupIds": [g["id"] for g in groups]}
+        if message:
+            info["message"] = message
+        else:
+            totals: dict[str, Decimal] = defaultdict(Decimal)
+            for group in groups:
+                for key, qty in group["records"].items():
+                    totals[key] += qty
+            info["reportedRecords"] = dict(totals)
+        report = {"id": self._new_id(), "organizationID": self.org_id, "entitlementID": ent["id"],
+                  "entitlementTermID": ent.get("entitlementTermID"), "buyerID": ent.get("buyerID"),
+                  "productID": ent.get("productID"), "partner": ent["partner"], "creationTime": at,
+                  "info": info}
+        self._reports[report["id"]] = report
+        return report
+
+    def _complete(self, outcomes: list[_Outcome], at: datetime) -> None:
+        for outcome in outcomes:
+            failed = outcome.group_status == "REPORT_FAILED"
+            outcome.report["info"]["status"] = "FAILED" if failed else "SUCCESS"
+            for group in outcome.members:
+                group.update(status=outcome.group_status, lastUpdateTime=at,
+                             reportedTime=None if failed else at,
+                             usageRecordReportID=outcome.report["id"])

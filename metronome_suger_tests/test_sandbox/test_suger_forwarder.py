@@ -1,0 +1,272 @@
+"""Suger's hourly forwarder and the marketplaces' own rules, over real HTTP on 127.0.0.1.
+
+Each marketplace's deadline is checked at its exact boundary (accepted at the limit, refused one
+minute after), at the run time Suger's hourly cadence gives a group; a refused group is REPORT_FAILED
+and the marketplace's message is on its usage record report, as in production."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+from suger_sdk_python.models import MeteringUsageRecordReport, MeteringUsageRecordReportInfo
+
+from metronome_suger.sandbox.clock import SandboxClock
+from metronome_suger.sandbox.constants import ORG_ID, SUGER_API_KEY
+from metronome_suger.sandbox.server import Sandbox
+from metronome_suger.sandbox.suger_forwarder import gcp_month_cutoff, marketplace_refusal
+from metronome_suger.sandbox.suger_state import SugerState
+
+UTC = timezone.utc
+NOW = datetime(2026, 11, 25, 13, 30, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+DIMS = [{"key": "cpu_hour", "name": "CPU hours", "rate": 0.25}]
+
+
+def t(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
+
+
+def z(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Org:
+    state: SugerState
+    clock: SandboxClock
+    http: httpx.Client
+    ents: dict[str, str]  # partner → entitlement id
+
+    def report(self, partner: str, timestamp: datetime, group_id: str, qty: int = 1) -> dict[str, Any]:
+        ent = self.ents[partner]
+        body = {"id": group_id, "organizationID": ORG_ID, "entitlementID": ent,
+                "records": {"cpu_hour": qty}, "timestamp": z(timestamp)}
+        response = self.http.post(f"/org/{ORG_ID}/entitlement/{ent}/usageRecordGroup", json=body)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """Listed through the API: the request itself catches up Suger's hourly runs."""
+        response = self.http.get(f"/org/{ORG_ID}/usageRecordGroup", params={"startDate": "2026-11-01"})
+        assert response.status_code == 200, response.text
+        return {g["id"]: g for g in response.json()["usageRecordGroups"]}
+
+    def report_of(self, group_id: str) -> dict[str, Any]:
+        [report] = [r for r in self.state.usage_record_reports()
+                    if group_id in r["info"]["usageRecordGroupIds"]]
+        return report
+
+
+@pytest.fixture
+def org() -> Iterator[Org]:
+    with Sandbox(customers=0, now=NOW) as sandbox:
+        state = sandbox.suger
+        ents = {}
+        for partner in ("AWS", "AZURE", "GCP"):
+            buyer = state.add_buyer(f"{partner} buyer", partner=partner)["id"]
+            ents[partner] = state.add_entitlement(buyer, partner=partner, dimensions=DIMS,
+                                                  id=f"ent-{partner.lower()}")["id"]
+        with httpx.Client(base_url=sandbox.suger_url, timeout=10,
+                          headers={"Authorization": f"Key {SUGER_API_KEY}"}) as http:
+            yield Org(state, sandbox.clock, http, ents)
+
+
+# -- each marketplace's boundary, at the hourly run that forwards the group ----------------------------
+@pytest.mark.parametrize(("partner", "in_time", "late", "needle"), [
+    # AWS BatchMeterUsage: Timestamp at most 6 h before the call (the 14:00 run)
+    ("AWS", t(25, 8), t(25, 7, 59), "TimestampOutOfBoundsException"),
+    # Azure: effectiveStartTime at most 24 h old
+    ("AZURE", t(24, 14), t(24, 13, 59), "Expired"),
+    # GCP: within 1 h of the END of the usage hour: the 12:00 hour until 14:00, the 11:00 hour until 13:00
+    ("GCP", t(25, 12, 59), t(25, 11, 59), "within 1 hour of its end"),
+])
+def test_the_hourly_run_applies_each_marketplace_deadline(
+    org: Org, partner: str, in_time: datetime, late: datetime, needle: str,
+) -> None:
+    org.report(partner, in_time, "in-time")
+    org.report(partner, late, "late")
+    assert {g["status"] for g in org.groups().values()} == {"CREATED"}
+    org.clock.set(t(25, 14))  # Suger's 14:00 run
+    groups = org.groups()
+    assert groups["in-time"]["status"] == "REPORTED" and groups["in-time"]["reportedTime"] == "2026-11-25T14:00:00Z"
+    assert groups["late"]["status"] == "REPORT_FAILED" and groups["late"]["reportedTime"] is None
+    refused, accepted = org.report_of("late"), org.report_of("in-time")
+    assert refused["id"] != accepted["id"]  # accepted and refused groups are separate reports
+    assert refused["info"]["status"] == "FAILED" and needle in refused["info"]["message"]
+    assert accepted["info"]["status"] == "SUCCESS" and "message" not in accepted["info"]
+    assert groups["late"]["usageRecordReportID"] == refused["id"]
+
+
+@pytest.mark.parametrize(("partner", "timestamp", "limit"), [
+    ("AWS", t(25, 8, 17), t(25, 14, 17)),
+    ("AZURE", t(24, 9, 41), t(25, 9, 41)),
+    ("GCP", t(25, 11, 59), t(25, 13)),  # the 11:00 hour ends at 12:00, + 1 h
+])
+def test_accepted_exactly_at_the_limit_refused_one_minute_after(
+    org: Org, partner: str, timestamp: datetime, limit: datetime,
+) -> None:
+    org.clock.set(timestamp + MINUTE)
+    org.report(partner, timestamp, "at-limit")
+    assert org.state.run_forwarder(limit) == ["at-limit"]
+    org.report(partner, timestamp, "after")
+    assert org.state.run_forwarder(limit + MINUTE) == ["after"]
+    statuses = {g["id"]: g["status"] for g in org.state.groups()}
+    assert statuses == {"at-limit": "REPORTED", "after": "REPORT_FAILED"}
+
+
+def test_the_marketplace_message_names_the_rule_and_the_times(org: Org) -> None:
+    org.report("AWS", t(25, 7), "aws-late")
+    org.clock.set(t(25, 14, 5))
+    assert org.groups()["aws-late"]["status"] == "REPORT_FAILED"
+    report = org.report_of("aws-late")
+    assert report["info"]["message"] == (
+        "AWS BatchMeterUsage: TimestampOutOfBoundsException: the usage record Timestamp "
+        "2026-11-25T07:00:00Z is more than 6 hours before the call at 2026-11-25T14:00:00Z")
+    assert report["entitlementID"] == org.ents["AWS"] and report["partner"] == "AWS"
+    assert (report["info"]["startTime"], report["info"]["endTime"]) == ("2026-11-25T07:00:00Z", "2026-11-25T08:00:00Z")
+    # the report is the SDK's MeteringUsageRecordReport, field for field
+    known = set(MeteringUsageRecordReport.model_fields) | {
+        f.alias for f in MeteringUsageRecordReport.model_fields.values() if f.alias}
+    info_known = {f.alias or name for name, f in MeteringUsageRecordReportInfo.model_fields.items()}
+    assert set(report) <= known and set(report["info"]) <= info_known
+    parsed = MeteringUsageRecordReport.from_dict(report)
+    assert parsed is not None and parsed.info is not None and parsed.info.status is not None
+    assert parsed.info.status.value == "FAILED" and parsed.info.usage_record_group_ids == ["aws-late"]
+
+
+def test_a_retried_group_meets_the_deadline_again_at_its_new_run(org: Org) -> None:
+    org.state.fail_next_report(org.ents["GCP"])
+    org.report("GCP", t(25, 12), "g")
+    org.clock.set(t(25, 14, 5))
+    assert org.groups()["g"]["status"] == "REPORT_FAILED"
+    assert "fail_next_report" in org.report_of("g")["info"]["message"]
+    assert org.http.post(f"/org/{ORG_ID}/usageRecordGroup/g/retry").status_code == 200
+    org.clock.set(t(25, 15, 5))  # the 15:00 run: an hour past GCP's limit for the 12:00 hour
+    assert org.groups()["g"]["status"] == "REPORT_FAILED"
+    latest = [r for r in org.state.usage_record_reports() if "g" in r["info"]["usageRecordGroupIds"]][-1]
+    assert "GCP services.report" in latest["info"]["message"]
+
+
+# -- GCP month-end cutoff -------------------------------------------------------------------------------
+def test_gcp_month_end_cutoff_is_0100_us_pacific_on_the_first() -> None:
+    assert gcp_month_cutoff(datetime(2026, 11, 30, 20, tzinfo=UTC)) == datetime(2026, 12, 1, 9, tzinfo=UTC)  # PST
+    assert gcp_month_cutoff(datetime(2026, 10, 31, 20, tzinfo=UTC)) == datetime(2026, 11, 1, 8, tzinfo=UTC)  # PDT
+    # 2026-12-01 07:00Z is still 30 November in California: November's usage
+    assert gcp_month_cutoff(datetime(2026, 12, 1, 7, tzinfo=UTC)) == datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert gcp_month_cutoff(datetime(2026, 12, 1, 8, tzinfo=UTC)) == datetime(2027, 1, 1, 9, tzinfo=UTC)
+
+
+def test_gcp_refuses_a_month_after_its_cutoff(org: Org) -> None:
+    last_hour = datetime(2026, 12, 1, 7, 30, tzinfo=UTC)  # 23:30 on 30 November, US Pacific
+    org.clock.set(last_hour)
+    org.report("GCP", last_hour, "in-time")
+    assert org.state.run_forwarder(datetime(2026, 12, 1, 9, tzinfo=UTC)) == ["in-time"]
+    org.report("GCP", last_hour, "after-cutoff")
+    org.state.run_forwarder(datetime(2026, 12, 1, 9, 1, tzinfo=UTC))
+    assert org.state.group("in-time")["status"] == "REPORTED"
+    assert org.state.group("after-cutoff")["status"] == "REPORT_FAILED"
+    assert org.report_of("after-cutoff")["info"]["message"] == (
+        "GCP services.report: usage of 2026-11 (US Pacific) had to be reported by 2026-12-01 01:00 "
+        "US Pacific (2026-12-01T09:00:00Z); reported at 2026-12-01T09:01:00Z")
+
+
+def test_marketplace_refusal_is_the_marketplaces_rule_alone() -> None:
+    at = t(25, 14)
+    assert marketplace_refusal("AWS", at - timedelta(hours=6), at) is None
+    assert marketplace_refusal("AZURE", at - timedelta(hours=24), at) is None
+    assert marketplace_refusal("GCP", t(25, 12), at) is None
+    assert marketplace_refusal("GCP", t(25, 11, 59), at) is not None
+    with pytest.raises(ValueError, match="IBM"):
+        marketplace_refusal("IBM", at, at)
+
+
+# -- Suger's hourly cadence ------------------------------------------------------------------------------
+def test_a_group_is_forwarded_by_the_first_hourly_run_after_it_was_handed_over(org: Org) -> None:
+    org.clock.set(t(25, 10, 59))
+    org.report("AWS", t(25, 9), "at-10-59")
+    org.clock.set(t(25, 11, 1))
+    org.report("AWS", t(25, 10), "at-11-01")
+    first = org.groups()
+    assert first["at-10-59"]["reportedTime"] == "2026-11-25T11:00:00Z"
+    assert first["at-11-01"]["status"] == "CREATED"
+    org.clock.set(t(25, 16, 30))  # one request catches up every run in between
+    later = org.groups()
+    assert later["at-11-01"]["reportedTime"] == "2026-11-25T12:00:00Z"
+    assert later["at-11-01"]["status"] == "REPORTED"
+
+
+def test_catching_up_applies_the_rules_at_each_groups_own_run(org: Org) -> None:
+    """Hours later, a GCP group handed over in time is still judged at its own (12:00) run."""
+    org.clock.set(t(25, 11, 5))
+    org.report("GCP", t(25, 10), "on-time")
+    org.clock.set(t(25, 12, 5))
+    org.report("GCP", t(25, 10), "one-run-late", qty=2)
+    org.clock.set(t(25, 18))
+    groups = org.groups()
+    assert groups["on-time"]["status"] == "REPORTED" and groups["on-time"]["reportedTime"] == "2026-11-25T12:00:00Z"
+    assert groups["one-run-late"]["status"] == "REPORT_FAILED"
+    assert "reported at 2026-11-25T13:00:00Z" in org.report_of("one-run-late")["info"]["message"]
+
+
+# -- cancellation: AWS meters the remaining usage within 1 h of deprovisioning ------------------------------
+def test_aws_takes_a_cancelled_subscriptions_last_usage_only_within_an_hour(org: Org) -> None:
+    ent = org.ents["AWS"]
+    org.clock.set(t(25, 10, 5))
+    org.report("AWS", t(25, 9), "before-cancel")
+    org.state.cancel_entitlement(ent, t(25, 10, 20))
+    org.clock.set(t(25, 10, 30))
+    org.report("AWS", t(25, 10), "forwarded-at-11")
+    org.clock.set(t(25, 11, 5))
+    org.report("AWS", t(25, 10, 15), "forwarded-at-12")
+    org.clock.set(t(25, 12, 5))
+    groups = org.groups()
+    assert groups["before-cancel"]["status"] == groups["forwarded-at-11"]["status"] == "REPORTED"
+    assert groups["forwarded-at-12"]["status"] == "REPORT_FAILED"
+    assert "CustomerNotSubscribed" in org.report_of("forwarded-at-12")["info"]["message"]
+
+
+# -- REPORT_PENDING and INVALID -------------------------------------------------------------------------
+def test_held_report_leaves_groups_report_pending_until_released(org: Org) -> None:
+    org.state.forwarder.hold_next_report(org.ents["AWS"])
+    org.report("AWS", t(25, 13), "held")
+    org.report("AZURE", t(25, 13), "free")
+    org.clock.set(t(25, 14, 10))
+    groups = org.groups()
+    assert (groups["held"]["status"], groups["free"]["status"]) == ("REPORT_PENDING", "REPORTED")
+    assert org.report_of("held")["info"]["status"] == "CREATED"  # the marketplace call is in flight
+    assert org.http.delete(f"/org/{ORG_ID}/usageRecordGroup/held").status_code == 400
+    org.clock.set(t(25, 15, 30))
+    assert org.groups()["held"]["status"] == "REPORT_PENDING"  # later runs leave it alone
+    assert org.state.forwarder.release() == ["held"]
+    released = org.groups()["held"]
+    assert released["status"] == "REPORTED" and released["reportedTime"] == "2026-11-25T15:30:00Z"
+    assert org.report_of("held")["info"]["status"] == "SUCCESS"
+
+
+def test_a_held_call_gets_the_verdict_of_its_own_run_time(org: Org) -> None:
+    org.state.forwarder.hold_next_report(org.ents["GCP"])
+    org.report("GCP", t(25, 12), "in-time-when-called")
+    org.clock.set(t(25, 14, 10))
+    assert org.groups()["in-time-when-called"]["status"] == "REPORT_PENDING"
+    org.clock.set(t(25, 20))
+    org.state.forwarder.release(org.ents["GCP"])
+    assert org.groups()["in-time-when-called"]["status"] == "REPORTED"
+
+
+def test_invalidate_next_accepts_with_200_then_marks_invalid_at_the_next_run(org: Org) -> None:
+    org.state.forwarder.invalidate_next(org.ents["AWS"], "dimension cpu_hour is not priced on the offer")
+    stored = org.report("AWS", t(25, 13), "invalid-later")
+    assert stored["status"] == "CREATED"
+    org.report("AWS", t(25, 13), "fine")
+    org.clock.set(t(25, 14, 10))
+    groups = org.groups()
+    assert (groups["invalid-later"]["status"], groups["fine"]["status"]) == ("INVALID", "REPORTED")
+    assert groups["invalid-later"]["usageRecordReportID"] is None
+    assert org.state.forwarder.invalid_message("invalid-later") == "dimension cpu_hour is not priced on the offer"
+    deleted = org.http.delete(f"/org/{ORG_ID}/usageRecordGroup/invalid-later")  # INVALID can be deleted
+    assert deleted.status_code == 200 and deleted.json()["status"] == "DELETED"
