@@ -17,7 +17,8 @@ from metronome_suger.core.conversion import (
     mapping_rows,
     whitelisted_ids,
 )
-from metronome_suger.core.linkage import USABLE_STATUSES, UnknownEntitlementError
+from metronome_suger.core.linkage import ENDED_STATUSES, UnknownEntitlementError, reports_usage
+from metronome_suger.core.windows import iso
 from metronome_suger.steps.snapshots import read_links
 from metronome_suger.storage.db import connect
 
@@ -91,7 +92,7 @@ def verify(config: AppConfig) -> int:
             keys = [AMOUNT_SOURCE_KEY]
         else:
             keys = sorted(m.name for m in metrics if m.id in reportable and not m.archived)
-        usable = [link for link in links if link.entitlement.status in USABLE_STATUSES]
+        usable = [link for link in links if reports_usage(link.entitlement.status, link.entitlement.endTime)]
         partners = sorted({link.entitlement.partner for link in usable if link.entitlement.partner})
         required = [(p, k, "reportable") for p in partners for k in keys]
         ents = [
@@ -125,7 +126,10 @@ def link(config: AppConfig, buyer_id: str, metronome_customer_id: str) -> int:
     if not ents:
         print("it has no entitlements yet: nothing will be reported for this customer")
     for ent in ents:
-        usable = "reports" if ent.status in USABLE_STATUSES else "does not report"
+        usable = "does not report"
+        if reports_usage(ent.status, ent.endTime):
+            usable = f"reports usage before {iso(ent.endTime)}" if ent.status in ENDED_STATUSES and ent.endTime \
+                else "reports"
         dims = ", ".join(d.key for d in (ent.info.dimensions if ent.info else []))
         print(f"  {ent.partner} entitlement {ent.id} [{ent.status}] {usable}; dimensions: {dims or '-'}")
     return 0

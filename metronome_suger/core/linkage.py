@@ -7,6 +7,7 @@ the buyer-derived links of the customers they name.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 USABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")  # entitlements that usage is reported to
@@ -14,6 +15,12 @@ USABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")  # entitlements that usage is rep
 # marketplace accepts it (AWS: metering within 1 h of deprovisioning; Azure: hours before the cancellation
 # within 24 h; GCP: timestamps before the cancellation): a customer's last hours are not lost.
 ENDED_STATUSES = ("CANCELLED",)
+
+
+def reports_usage(status: str | None, end_time: datetime | None) -> bool:
+    """THE usable-link rule (``storage.window.USABLE_LINK_SQL`` is its SQL form, tested to agree): a
+    usable status for its whole term, or an ended one with a known end time, for usage before that time."""
+    return status in USABLE_STATUSES or (status in ENDED_STATUSES and end_time is not None)
 
 
 class EntitlementLike(Protocol):

@@ -18,9 +18,8 @@ from metronome_suger.core.linkage import ENDED_STATUSES, USABLE_STATUSES
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert, sql_list
 
-# THE usable-link rule in SQL, over an ``entitlements`` row: a usable status for its whole term, or an
-# ended one (CANCELLED) with a known end time. Usage is reported to a link only for windows that start
-# before its end time (and end after its start): see ``WindowScope``.
+# ``core.linkage.reports_usage`` in SQL, over an ``entitlements`` row. Usage is reported to a link only for
+# windows that start before its end time (and end after its start): see ``WindowScope``.
 USABLE_LINK_SQL = (f"(status IN {sql_list(USABLE_STATUSES)} "
                    f"OR (status IN {sql_list(ENDED_STATUSES)} AND end_time IS NOT NULL))")
 

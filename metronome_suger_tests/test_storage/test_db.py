@@ -2,14 +2,17 @@
 
 import subprocess
 import sys
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from metronome_suger.core.linkage import reports_usage
 from metronome_suger.orchestration.resources import SafeDuckDBResource
 from metronome_suger.storage.db import bulk_insert, connect
+from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
 def _other_process_can_write(path: Path) -> subprocess.CompletedProcess:
@@ -63,3 +66,15 @@ def test_exact_division_macro(tmp_path: Path) -> None:
     with connect(tmp_path / "x.duckdb") as conn:
         row = conn.execute("SELECT exact_div(1.50, 0.03), exact_div(1, 3), exact_div(250.5, 0.01)").fetchone()
     assert row == (Decimal("50"), Decimal("0.3333333333"), Decimal("25050"))
+
+
+@pytest.mark.parametrize("status", ["ACTIVE", "PENDING_CANCEL", "CANCELLED", "SUSPENDED", "DELETED", "PENDING_START",
+                                    "", None])
+@pytest.mark.parametrize("end_time", [None, datetime(2026, 11, 25, 10, 20, tzinfo=timezone.utc)])
+def test_usable_link_sql_agrees_with_the_core_rule(status: str | None, end_time: datetime | None) -> None:
+    """The one usable-link rule has a Python and a SQL form; they must never drift apart."""
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE entitlements (status VARCHAR, end_time TIMESTAMPTZ)")
+    conn.execute("INSERT INTO entitlements VALUES (?, ?)", [status, end_time])
+    [(in_sql,)] = conn.execute(f"SELECT coalesce({USABLE_LINK_SQL}, false) FROM entitlements").fetchall()
+    assert in_sql is reports_usage(status, end_time)
