@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from metronome_suger.storage.schema import SCHEMA
+from metronome_suger.storage.schema import MACROS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
 QTY = "DECIMAL(38,10)"
 # How a step opens the database: ``Connect()`` for a writer, ``Connect(read_only=True)`` for a reader.
@@ -54,15 +54,41 @@ def connect(
     try:
         if not read_only:
             ensure_schema(conn)
+        for macro in MACROS:
+            conn.execute(macro)
         conn.execute("SET TimeZone = 'UTC'")
         yield conn
     finally:
         conn.close()
 
 
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer version of metronome-suger than this one."""
+
+
+def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
+    conn.execute(VERSION_TABLE)
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    for statement in SCHEMA:
-        conn.execute(statement)
+    """Apply the migrations this database lacks, each in its own transaction; refuse a newer database."""
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database is at schema version {current}, newer than this metronome-suger supports "
+            f"({SCHEMA_VERSION}): upgrade metronome-suger, or point storage.url at another database")
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        conn.begin()
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
 
 def _jsonable(value: Any) -> Any:

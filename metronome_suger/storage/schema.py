@@ -1,6 +1,14 @@
-"""The tables. Snapshot tables keep history (one row set per ``snapshot_at``)."""
+"""The tables, as numbered migrations. Snapshot tables keep history (one row set per ``snapshot_at``).
 
-SCHEMA: tuple[str, ...] = (
+``schema_version`` records the migrations applied; ``storage.db.ensure_schema`` applies the missing ones in
+order and refuses a database made by a newer version. Migration 1 is idempotent (``IF NOT EXISTS``)
+because databases made before versioning already hold its tables.
+"""
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"""
+
+_TABLES: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS customers (
         snapshot_at TIMESTAMPTZ NOT NULL, customer_id VARCHAR NOT NULL, name VARCHAR,
         external_id VARCHAR, archived BOOLEAN NOT NULL,
@@ -62,14 +70,24 @@ SCHEMA: tuple[str, ...] = (
         dimension_key VARCHAR NOT NULL, reported DECIMAL(38,10) NOT NULL,
         current DECIMAL(38,10) NOT NULL, observed_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (window_start, entitlement_id, dimension_key))""",
-    # Columns added after the first release: a database made by an older version is upgraded in place.
+)
+
+# Columns added after the first release: a database made by an older version is upgraded in place.
+_LINEAGE_AND_DIMENSIONS: tuple[str, ...] = (
     # dimensions_problem: why an entitlement's dimension list is incomplete (mapping_completeness blocks it).
     "ALTER TABLE entitlements ADD COLUMN IF NOT EXISTS dimensions_problem VARCHAR",
     # regenerated_from_invoice_id: the invoice a re-issue replaces (the period policy follows that lineage).
     "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS regenerated_from_invoice_id VARCHAR",
     # history_key: the history a tracked invoice's total went to (NULL: not tracked); lineage continues it.
     "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS history_key VARCHAR",
-    "CREATE MACRO IF NOT EXISTS exact_div(a, b) AS "
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Session macros, defined on every connection (a PostgreSQL ledger cannot store a DuckDB macro).
+MACROS: tuple[str, ...] = (
+    "CREATE OR REPLACE TEMP MACRO exact_div(a, b) AS "
     "CAST(CAST(CAST(a AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) * 10000000000 "
     "// CAST(CAST(b AS DECIMAL(38,10)) * 10000000000 AS HUGEINT) AS DECIMAL(38,0)) "
     "* CAST(0.0000000001 AS DECIMAL(38,10))",

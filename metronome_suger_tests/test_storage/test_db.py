@@ -11,7 +11,8 @@ import pytest
 
 from metronome_suger.core.linkage import reports_usage
 from metronome_suger.orchestration.resources import SafeDuckDBResource
-from metronome_suger.storage.db import bulk_insert, connect
+from metronome_suger.storage.db import SchemaVersionError, bulk_insert, connect
+from metronome_suger.storage.schema import SCHEMA_VERSION
 from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
@@ -78,3 +79,30 @@ def test_usable_link_sql_agrees_with_the_core_rule(status: str | None, end_time:
     conn.execute("INSERT INTO entitlements VALUES (?, ?)", [status, end_time])
     [(in_sql,)] = conn.execute(f"SELECT coalesce({USABLE_LINK_SQL}, false) FROM entitlements").fetchall()
     assert in_sql is reports_usage(status, end_time)
+
+
+def test_a_database_from_before_versioning_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as old:  # what a release before the schema_version table created
+        old.execute("""CREATE TABLE invoice_snapshots (
+            window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL, customer_id VARCHAR NOT NULL,
+            invoice_id VARCHAR NOT NULL, invoice_type VARCHAR, status VARCHAR, credit_type_id VARCHAR,
+            credit_type_name VARCHAR, period_start TIMESTAMPTZ, period_end TIMESTAMPTZ,
+            total_cents DECIMAL(38,10), fetched_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (window_start, customer_id, invoice_id))""")
+        old.execute("INSERT INTO invoice_snapshots (window_start, window_end, customer_id, invoice_id, fetched_at) "
+                    "VALUES ('2026-11-01', '2026-11-01 01:00', 'c-1', 'inv-1', now())")
+    with connect(path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("SELECT invoice_id, history_key FROM invoice_snapshots").fetchall() == [("inv-1", None)]
+    with connect(path) as conn:  # a second open applies nothing twice
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_database_of_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.duckdb"
+    with connect(path) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, now())", [SCHEMA_VERSION + 1])
+    with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this"):
+        with connect(path):
+            pass
