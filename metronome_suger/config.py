@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,7 @@ from pydantic import (
 
 from metronome_suger.core.conversion import Partner
 from metronome_suger.core.deadlines import Deadlines
+from metronome_suger.storage.db import Database
 
 CONFIG_ENV_VAR = "METRONOME_SUGER_CONFIG"
 LOCAL_CONFIG_NAME = "metronome_suger.yaml"
@@ -156,14 +158,41 @@ class CustomerLink(_Strict):
     )
 
 
-class StorageSettings(_Strict):
-    """Where the pipeline keeps its state."""
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-    duckdb_path: str = Field(
+
+class StorageSettings(_Strict):
+    """Where the pipeline keeps its state: one database, a DuckDB file or PostgreSQL (reached through DuckDB)."""
+
+    url: str = Field(
         "data/metronome_suger.duckdb",
-        description="DuckDB file holding snapshots, records and the report ledger; a relative path is "
-        "relative to the working directory.",
+        validation_alias=AliasChoices("url", "duckdb_path"),
+        description="The database holding snapshots, records and the report ledger: a DuckDB file path "
+        "(relative to the working directory; the default) or postgresql://user@host:5432/db for deployments "
+        "where runs execute on several machines or ephemeral pods. storage.duckdb_path is accepted as its "
+        "first name.",
     )
+    password_env: str | None = Field(
+        None,
+        description="PostgreSQL only: NAME of the environment variable holding the database password (never "
+        "put the password in the URL).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_inline_password(cls, value: str) -> str:
+        if value.startswith(POSTGRES_SCHEMES):
+            parts = urlsplit(value)
+            if parts.password is not None:
+                raise ValueError("has a password in the URL: put it in the environment variable named by "
+                                 "storage.password_env instead")
+            if not parts.hostname or not parts.path.strip("/"):
+                raise ValueError("a PostgreSQL URL needs a host and a database: postgresql://user@host:5432/db")
+        return value
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith(POSTGRES_SCHEMES)
 
 
 class AppConfig(_Strict):
@@ -276,7 +305,17 @@ class AppConfig(_Strict):
 
     @property
     def duckdb_path(self) -> Path:
-        return Path(self.storage.duckdb_path)
+        """The DuckDB file (the default storage); a PostgreSQL ledger has none."""
+        if self.storage.is_postgres:
+            raise ConfigError("storage.url is a PostgreSQL database, not a DuckDB file")
+        return Path(self.storage.url)
+
+    def database(self) -> Database:
+        """Where the state is, with the password read from its environment variable now (not at load)."""
+        password = None
+        if self.storage.is_postgres and self.storage.password_env:
+            password = read_secret(self.storage.password_env, "the database password")
+        return Database(self.storage.url, password)
 
     def metronome_token(self) -> SecretStr:
         return read_secret(self.metronome.api_token_env)
@@ -285,11 +324,11 @@ class AppConfig(_Strict):
         return read_secret(self.suger.api_key_env)
 
 
-def read_secret(env_var: str) -> SecretStr:
-    """Read a token from the environment at the moment it is needed (definitions load without it)."""
+def read_secret(env_var: str, what: str = "the API token") -> SecretStr:
+    """Read a secret from the environment at the moment it is needed (definitions load without it)."""
     value = os.environ.get(env_var, "")
     if not value.strip():
-        raise ConfigError(f"environment variable {env_var} is not set (it must hold the API token)")
+        raise ConfigError(f"environment variable {env_var} is not set (it must hold {what})")
     return SecretStr(value.strip())
 
 

@@ -28,7 +28,7 @@ def sandbox_config(config: AppConfig, *, metronome_url: str, suger_url: str, org
     data = config.model_dump(mode="json")
     data["metronome"]["base_url"] = metronome_url
     data["suger"].update(base_url=suger_url, org_id=org_id)
-    data["storage"]["duckdb_path"] = str(duckdb_path)
+    data["storage"]["url"] = str(duckdb_path)
     data["start"] = min(config.start, start).isoformat()
     if mode:
         data["billing_mode"] = mode
@@ -82,7 +82,7 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
     if config.amount_mode:  # the dollars Metronome's invoice totals grew by, before conversion
         headers.insert(2, "invoice increase")
     rows = []
-    with connect(config.duckdb_path, read_only=True) as conn:
+    with connect(config.database(), read_only=True) as conn:
         for s in summaries:
             w = s.window
             customers, groups = fetch_one(

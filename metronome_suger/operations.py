@@ -140,10 +140,10 @@ def status(config: AppConfig, *, since: datetime | None = None) -> int:
     since = since or datetime.now(timezone.utc) - timedelta(hours=24)
     if since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
-    if not config.duckdb_path.exists():
+    if not config.storage.is_postgres and not config.duckdb_path.exists():
         print(f"no data yet: {config.duckdb_path} does not exist (run the pipeline first)")
         return 0
-    with connect(config.duckdb_path, read_only=True) as conn:
+    with connect(config.database(), read_only=True) as conn:
         rows = conn.execute(
             """SELECT g.window_start, count(*) AS computed,
                 count(*) FILTER (WHERE status IN ('sent', 'accepted')) AS sent,

@@ -109,7 +109,7 @@ def test_contract_example_loads_with_right_values_and_types(tmp_path: Path) -> N
     assert cfg.billable_metric_whitelist.metrics == []
     assert cfg.customer_links == []
     assert cfg.invoice_change_policy == "period"
-    assert cfg.storage.duckdb_path == "data/metronome_suger.duckdb"
+    assert cfg.storage.url == "data/metronome_suger.duckdb"  # given as storage.duckdb_path, its first name
     assert cfg.duckdb_path == Path("data/metronome_suger.duckdb")
 
     assert cfg.start == datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -143,7 +143,7 @@ def test_minimal_file_gets_documented_defaults(tmp_path: Path) -> None:
     assert cfg.settle_minutes == 15
     assert cfg.invoice_change_policy == "period"
     assert cfg.marketplace_deadline_hours == {"AWS": Decimal(6), "AZURE": Decimal(24), "GCP": Decimal(1)}
-    assert cfg.storage.duckdb_path == "data/metronome_suger.duckdb"
+    assert cfg.storage.url == "data/metronome_suger.duckdb"  # given as storage.duckdb_path, its first name
 
 
 def test_partial_deadline_hours_are_merged_with_defaults(tmp_path: Path) -> None:
@@ -639,3 +639,33 @@ def test_forwarding_lag_defaults_to_an_hour_and_feeds_the_deadlines() -> None:
     assert cfg.suger_forward_lag_minutes == 60
     assert cfg.deadlines.forward_lag == timedelta(minutes=60)
     assert cfg.deadlines.hours == cfg.marketplace_deadline_hours
+
+
+def test_storage_url_takes_a_postgres_ledger_with_the_password_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = example_data()
+    data["storage"] = {"url": "postgresql://meter@db.internal:5432/ledger", "password_env": "MY_DB_PASSWORD"}
+    cfg = parse_config_data(data)
+    assert cfg.storage.is_postgres
+    with pytest.raises(ConfigError, match="MY_DB_PASSWORD is not set .it must hold the database password"):
+        cfg.database()  # definitions load without it; the first connection needs it
+    monkeypatch.setenv("MY_DB_PASSWORD", "s3cret-pw")
+    db = cfg.database()
+    assert db.password is not None and db.password.get_secret_value() == "s3cret-pw"
+    assert str(db) == "postgresql://meter@db.internal:5432/ledger"
+    with pytest.raises(ConfigError, match="not a DuckDB file"):
+        _ = cfg.duckdb_path
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://meter:hunter2@db.internal:5432/ledger", "has a password in the URL"),
+        ("postgresql://meter@db.internal:5432/", "needs a host and a database"),
+    ],
+)
+def test_bad_postgres_urls_are_config_errors(tmp_path: Path, url: str, message: str) -> None:
+    path, text = load_error(tmp_path, lambda d: d.update(storage={"url": url}))
+    assert str(path) in text and "storage.url" in text and message in text
+    assert "hunter2" not in text

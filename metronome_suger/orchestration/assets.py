@@ -1,6 +1,8 @@
 """The assets. Each body reads its inputs, calls one plain function of ``steps``, and turns the result
 into metadata."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -32,6 +34,10 @@ from metronome_suger.steps.records import Conversion, compute_records
 from metronome_suger.steps.report import report_windows
 from metronome_suger.steps.snapshots import snapshot_customers, snapshot_links, snapshot_metrics
 from metronome_suger.steps.usage import NoReportableMetric, fetch_usage
+from metronome_suger.storage.claims import ClaimTimeoutError, claimed
+
+CLAIM_WAIT = 600.0  # seconds a step waits for another run to finish writing the same window
+HIGH_WATER = "invoice_high_water"  # the amount modes' high water is shared by every window
 
 
 def _now() -> datetime:
@@ -50,6 +56,17 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
 
     def res(context: Any, name: str) -> Any:
         return keys.resource(context, name)
+
+    @contextmanager
+    def hold(context: dg.AssetExecutionContext, *shared: str) -> Iterator[None]:
+        """Claim the run's windows (and shared state) for this step: two runs of a window, in any processes
+        sharing the database, write it one after the other (exactly-once without a Dagster pool)."""
+        names = [f"{config.billing_mode}:{w.partition_key}" for w in context_windows(context, config.hourly)]
+        try:
+            with claimed(res(context, DUCKDB).get_connection, [*names, *shared], context.run_id, wait=CLAIM_WAIT):
+                yield
+        except ClaimTimeoutError as exc:
+            raise dg.Failure(description=str(exc)) from None
 
     @dg.asset(key=keys.asset(CUSTOMERS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common)
     def metronome_customers(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
@@ -99,7 +116,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         windows = context_windows(context, config.hourly)
         with res(context, METRONOME).get_client() as client:
             try:
-                out = fetch_usage(client, res(context, DUCKDB).get_connection, windows)
+                with hold(context):
+                    out = fetch_usage(client, res(context, DUCKDB).get_connection, windows)
             except NoReportableMetric as exc:
                 raise dg.Failure(description=str(exc)) from None
         if out.unknown_metrics:
@@ -120,8 +138,10 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
     def metronome_invoice_snapshots(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Invoice totals of linked customers per window, and the increase each window reports."""
         with res(context, METRONOME).get_client() as client:
-            out = observe_invoices(client, res(context, DUCKDB).get_connection, context_windows(context, config.hourly),
-                                   config.invoice_change_policy, res(context, CLOCK).now())
+            with hold(context, HIGH_WATER):
+                out = observe_invoices(client, res(context, DUCKDB).get_connection,
+                                       context_windows(context, config.hourly), config.invoice_change_policy,
+                                       res(context, CLOCK).now())
         if out.non_usd:
             context.log.warning("invoices in a credit type other than USD are not reported (amount modes report "
                                 "USD only): " + "; ".join(f"customer {c}: {t}" for c, t in out.non_usd))
@@ -151,8 +171,9 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
               required_resource_keys=keys.resources(DUCKDB), **windowed)
     def suger_usage_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Record groups per (entitlement, window, revision): only what is not yet at Suger."""
-        out = compute_records(res(context, DUCKDB).get_connection, context_windows(context, config.hourly), conv,
-                              org_id=config.suger.org_id, billing_mode=config.billing_mode, now=_now())
+        with hold(context):
+            out = compute_records(res(context, DUCKDB).get_connection, context_windows(context, config.hourly), conv,
+                                  org_id=config.suger.org_id, billing_mode=config.billing_mode, now=_now())
         for line in out.over_reported:
             context.log.warning(f"over-reported: {line}")
         if out.problems:
@@ -168,10 +189,11 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
     def suger_usage_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Hand the window's pending record groups to Suger, urgent ones first."""
         suger, clock = res(context, SUGER), res(context, CLOCK)
-        out = report_windows(suger.get_client, res(context, DUCKDB).get_connection,
-                             context_windows(context, config.hourly), conv, org_id=config.suger.org_id,
-                             deadlines=config.deadlines, auto_report=config.auto_report,
-                             dry_run=config.dry_run, max_workers=suger.max_workers, clock=clock.now)
+        with hold(context):
+            out = report_windows(suger.get_client, res(context, DUCKDB).get_connection,
+                                 context_windows(context, config.hourly), conv, org_id=config.suger.org_id,
+                                 deadlines=config.deadlines, auto_report=config.auto_report,
+                                 dry_run=config.dry_run, max_workers=suger.max_workers, clock=clock.now)
         if not config.auto_report:
             context.log.info(f"auto_report is off: {out.to_send} groups computed and kept pending, none sent")
         elif config.dry_run:

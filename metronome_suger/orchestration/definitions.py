@@ -25,7 +25,9 @@ def build_resources(config: AppConfig) -> dict[str, dg.ConfigurableResource]:
                                      max_workers=config.max_concurrency),
         SUGER: SugerResource(base_url=config.suger.base_url, org_id=config.suger.org_id,
                              api_key=dg.EnvVar(config.suger.api_key_env), max_workers=config.max_concurrency),
-        DUCKDB: SafeDuckDBResource(database=str(config.duckdb_path)),
+        DUCKDB: SafeDuckDBResource(database=config.storage.url, password=(
+            dg.EnvVar(config.storage.password_env) if config.storage.is_postgres and config.storage.password_env
+            else None)),
         CLOCK: ClockResource(),
     }
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.suger import SugerClient
 from metronome_suger.core.windows import utc
-from metronome_suger.storage.db import connect
+from metronome_suger.storage.db import Database, connect
 
 
 class MetronomeResource(dg.ConfigurableResource):
@@ -45,22 +45,32 @@ class SugerResource(dg.ConfigurableResource):
 
 class SafeDuckDBResource(DuckDBResource):
     """``DuckDBResource`` that always closes its connection (the upstream one leaks the file lock
-    when the block raises), can open read-only for readers, and bounds the wait for the file lock."""
+    when the block raises), can open read-only for readers, and bounds the wait for the file lock.
+    ``database`` is a DuckDB file or a ``postgresql://`` URL (the ledger on PostgreSQL, through DuckDB)."""
 
     read_only: bool = Field(default=False, description="Open the file read-only")
     lock_timeout: float = Field(default=120.0, description="Seconds to wait for another process's file lock")
+    password: str | None = Field(default=None, description="PostgreSQL password; pass dg.EnvVar(<name>)")
+
+    @property
+    def target(self) -> Database:
+        return Database(self.database, SecretStr(self.password) if self.password else None)
 
     @contextmanager
     def get_connection(  # type: ignore[override]
         self, read_only: bool | None = None, lock_timeout: float | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        with connect(self.database, read_only=self.read_only if read_only is None else read_only,
+        with connect(self.target, read_only=self.read_only if read_only is None else read_only,
                      lock_timeout=self.lock_timeout if lock_timeout is None else lock_timeout) as conn:
             yield conn
 
     def exists(self) -> bool:
         """Whether anything ran yet (sensors skip instead of creating an empty database)."""
-        return Path(self.database).exists()
+        if not self.target.is_postgres:
+            return Path(self.database).exists()
+        with self.get_connection(read_only=True) as conn:
+            return bool(conn.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                                     "AND table_name = 'schema_version'").fetchall()[0][0])
 
 
 class ClockResource(dg.ConfigurableResource):

@@ -38,7 +38,7 @@ attributes:
       cpu_hours: [{{dimension_key: cpu_hour, mapping_mode: QUANTITY, multiplier: 1}}]
       api_calls: [{{dimension_key: api_request, mapping_mode: QUANTITY, multiplier: 1}}]
   storage:
-    duckdb_path: data/metronome_suger.duckdb
+    url: data/metronome_suger.duckdb
 """
 
 

@@ -15,7 +15,7 @@ import duckdb
 from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
 from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one
 from metronome_suger.storage.window import USABLE_LINK_SQL, Source
 
 
@@ -181,9 +181,10 @@ def amount_source(conn: duckdb.DuckDBPyConnection, window: Window) -> Source:
 
 def window_increase(conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> tuple[Decimal, int]:
     """Cents the windows in [start, end) attribute, and how many customers they attribute some to."""
-    row = conn.execute(
+    cents, customers = fetch_one(
+        conn,
         """SELECT coalesce(sum(increase_cents), 0), count(DISTINCT customer_id) FILTER (WHERE increase_cents > 0)
         FROM invoice_high_water WHERE window_start >= ? AND window_start < ?""",
         [start, end],
-    ).fetchone()
-    return (Decimal(row[0]), int(row[1])) if row else (Decimal(0), 0)
+    )
+    return Decimal(cents), int(customers)

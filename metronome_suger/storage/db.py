@@ -1,17 +1,21 @@
-"""DuckDB access that always closes (the file lock must not outlive a failed step) and the schema."""
+"""Database access that always closes (the file lock must not outlive a failed step), the schema, and the
+two backends behind one DuckDB connection: a DuckDB file (default) or PostgreSQL attached through DuckDB."""
 
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
+from pydantic import SecretStr
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from metronome_suger.storage.postgres import display, open_postgres
 from metronome_suger.storage.schema import MACROS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
 QTY = "DECIMAL(38,10)"
@@ -20,8 +24,26 @@ Connect = Callable[..., AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
 def is_lock_error(exc: BaseException) -> bool:
-    """Another process holds the DuckDB file (a run, a sensor): worth waiting for, or skipping a tick."""
-    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+    """Another writer is in the way: a process holds the DuckDB file, or a concurrent PostgreSQL transaction
+    changed the same row (a serialization conflict). Worth waiting for, or skipping a tick."""
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.Error) and (
+        (isinstance(exc, duckdb.IOException) and "lock" in text) or "could not serialize access" in text)
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the state is: a DuckDB file path or a ``postgresql://`` URL (no password), and the password."""
+
+    url: str
+    password: SecretStr | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
+
+    def __str__(self) -> str:
+        return display(self.url) if self.is_postgres else self.url
 
 
 def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
@@ -44,13 +66,17 @@ def sql_list(values: Sequence[str]) -> str:
 
 @contextmanager
 def connect(
-    path: str | Path, *, read_only: bool = False, lock_timeout: float = 120.0
+    where: "Database | str | Path", *, read_only: bool = False, lock_timeout: float = 120.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open, ensure the schema (writers only), yield, and close even when the body raises."""
-    path = Path(path)
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _open(path, read_only, lock_timeout)
+    db = where if isinstance(where, Database) else Database(str(where))
+    if db.is_postgres:
+        conn = open_postgres(db.url, db.password, read_only=read_only)
+    else:
+        path = Path(db.url)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _open(path, read_only, lock_timeout)
     try:
         if not read_only:
             ensure_schema(conn)
@@ -68,8 +94,7 @@ class SchemaVersionError(RuntimeError):
 
 def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
     conn.execute(VERSION_TABLE)
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    return int(row[0]) if row else 0
+    return int(fetch_one(conn, "SELECT coalesce(max(version), 0) FROM schema_version")[0])
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -131,9 +156,13 @@ def bulk_insert(
     return count
 
 
-def fetch_one(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+def fetch_one(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+) -> tuple[Any, ...]:
     """The one row of an aggregate query (which always has one)."""
-    row = conn.execute(sql, list(params)).fetchone()
+    # Fetched to the end: on PostgreSQL an unfinished read keeps its transaction (and row locks) open.
+    rows = conn.execute(sql, params if isinstance(params, dict) else list(params)).fetchall()
+    row = rows[0] if rows else None
     if row is None:
         raise LookupError(f"no row from: {sql}")
     return row

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one
 from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
@@ -118,12 +118,12 @@ def changed_windows(
 
 def amount_window_was_run(conn: duckdb.DuckDBPyConnection, window_start: datetime) -> bool:
     """Whether ``metronome_invoice_snapshots`` already observed this window."""
-    row = conn.execute(
+    return bool(fetch_one(
+        conn,
         """SELECT EXISTS (SELECT 1 FROM invoice_snapshots WHERE window_start = ?)
                OR EXISTS (SELECT 1 FROM invoice_high_water WHERE window_start = ?)""",
         [window_start, window_start],
-    ).fetchone()
-    return bool(row and row[0])
+    )[0])
 
 
 def high_waters(conn: duckdb.DuckDBPyConnection, history_keys: Sequence[str]) -> dict[str, Decimal]:

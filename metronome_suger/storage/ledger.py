@@ -17,7 +17,7 @@ import duckdb
 from metronome_suger.core.ledger import NEEDS_ATTENTION, STATES, SUGER_STATUSES, Event, transition
 from metronome_suger.core.linkage import ENDED_STATUSES
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert, sql_list
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, sql_list
 
 # Closed groups are history: Suger holds them (even one it later marked INVALID or gave up forwarding,
 # which ``suger_record_status`` surfaces), or they expired. Open groups never reached Suger (pending, or
@@ -99,9 +99,9 @@ _APPLY_SQL = """UPDATE report_ledger g SET status = c.to_status,
     message = CASE WHEN c.keeps_message THEN coalesce(c.message, g.message) ELSE c.message END,
     attempts = g.attempts + CASE WHEN c.submitted THEN 1 ELSE 0 END,
     retries = g.retries + CASE WHEN c.retried THEN 1 ELSE 0 END,
-    sent_at = CASE WHEN c.submitted THEN CAST(? AS TIMESTAMPTZ) ELSE g.sent_at END,
-    answered_at = CASE WHEN c.submitted THEN CAST(? AS TIMESTAMPTZ) ELSE g.answered_at END,
-    updated_at = CAST(? AS TIMESTAMPTZ)
+    sent_at = CASE WHEN c.submitted THEN CAST($now AS TIMESTAMPTZ) ELSE g.sent_at END,
+    answered_at = CASE WHEN c.submitted THEN CAST($now AS TIMESTAMPTZ) ELSE g.answered_at END,
+    updated_at = CAST($now AS TIMESTAMPTZ)
 FROM {source} c
 WHERE g.record_group_id = c.record_group_id AND g.status = c.from_status"""
 
@@ -119,17 +119,16 @@ def record(conn: duckdb.DuckDBPyConnection, changes: Sequence[Change], now: date
                      rule.keeps_message, rule.submitted, rule.retried))
     if not rows:
         return 0
-    params: list[Any] = [now, now, now]  # the SET clause's placeholders come first
+    params: dict[str, Any] = {"now": now}  # named: the order of placeholders in an UPDATE ... FROM differs by version
     if len(rows) == 1:  # one answer as soon as it arrives: no temp table for a single row
-        source = "(SELECT " + ", ".join(f"CAST(? AS {t}) AS {n}" for n, t in _CHANGE_COLUMNS.items()) + ")"
-        params += rows[0]
+        source = "(SELECT " + ", ".join(f"CAST(${n} AS {t}) AS {n}" for n, t in _CHANGE_COLUMNS.items()) + ")"
+        params.update(zip(_CHANGE_COLUMNS, rows[0], strict=True))
     else:
         conn.execute("CREATE OR REPLACE TEMP TABLE _ledger_changes ("
                      + ", ".join(f"{n} {t}" for n, t in _CHANGE_COLUMNS.items()) + ")")
         bulk_insert(conn, "_ledger_changes", _CHANGE_COLUMNS, rows)
         source = "_ledger_changes"
-    changed = conn.execute(_APPLY_SQL.format(source=source), params).fetchone()
-    return int(changed[0]) if changed else 0
+    return int(fetch_one(conn, _APPLY_SQL.format(source=source), params)[0])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from metronome_suger.core.ids import record_group_id
+from metronome_suger.storage.db import fetch_one
 from metronome_suger.storage.ledger import CLOSED_SQL, GroupPlan, store_plan
 from metronome_suger.storage.window import WindowScope
 
@@ -96,10 +97,8 @@ def _store(scope: WindowScope, result: RecordsResult, now: datetime) -> None:
                      unnest(?::INTEGER[]) AS revision) p USING (entitlement_id)""",
         [window.start, window.end, now, [p[0] for p in plan], [p[1] for p in plan], [p[2] for p in plan]],
     )
-    counted = conn.execute(
-        "SELECT count(*) FROM usage_records WHERE window_start = ? AND computed_at = ?", [window.start, now]
-    ).fetchone()
-    result.lines = int(counted[0]) if counted else 0
+    result.lines = int(fetch_one(
+        conn, "SELECT count(*) FROM usage_records WHERE window_start = ? AND computed_at = ?", [window.start, now])[0])
     conn.execute("DELETE FROM over_reported WHERE window_start = ?", [window.start])
     if result.over_reported:
         conn.executemany(

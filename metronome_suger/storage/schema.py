@@ -82,7 +82,13 @@ _LINEAGE_AND_DIMENSIONS: tuple[str, ...] = (
     "ALTER TABLE invoice_snapshots ADD COLUMN IF NOT EXISTS history_key VARCHAR",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS)
+# Who is writing which window (storage/claims.py): exactly-once across processes sharing only the database.
+_CLAIMS: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS window_claims (
+        claim_key VARCHAR PRIMARY KEY, holder VARCHAR, lease_until TIMESTAMPTZ NOT NULL)""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS, _CLAIMS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Session macros, defined on every connection (a PostgreSQL ledger cannot store a DuckDB macro).
