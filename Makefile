@@ -1,5 +1,7 @@
 # Two commands for a fresh checkout: `make demo` and `make test`. Both create .venv when it is missing
-# and refresh it when pyproject.toml changed (the stamp file records the last install).
+# and refresh it when pyproject.toml changed (the stamp file records the last install). `make test` also makes sure
+# PostgreSQL's server programs exist (scripts/ensure-postgres.sh installs Debian's when missing): the suite starts
+# its own throwaway server with them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks
 	$(BIN)/mypy metronome_suger
+	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
 
 dev: $(STAMP)

@@ -1,8 +1,10 @@
 """Shared fixtures: a running sandbox (real HTTP on 127.0.0.1) and a real Dagster pipeline over a
 DuckDB file under ``tmp_path``, configured the way a user would (a YAML-shaped config, tokens in env)."""
 
+import uuid
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +19,7 @@ from metronome_suger.core.windows import window_for_key
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.sandbox.server import Sandbox
+from metronome_suger_tests.postgres import PostgresNotFoundError, PostgresServer
 
 warnings.filterwarnings("ignore", module="dagster")
 
@@ -112,3 +115,43 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             if data.error:
                 parts.append(data.error.message)
     return "\n".join(parts)
+
+
+# --- A real, throwaway PostgreSQL server (metronome_suger_tests/postgres.py) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the whole session (temp dir, free port on 127.0.0.1, scram password over TCP),
+    stopped and deleted at the end whatever happened. Missing binaries FAIL the test: ``make test`` installs them
+    (scripts/ensure-postgres.sh), so their absence is a broken setup, not a reason to skip."""
+    missing = ""
+    try:
+        server = PostgresServer()
+    except PostgresNotFoundError as exc:
+        missing = str(exc)  # failed outside the except block: one message, not a chained traceback
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    with server:
+        yield server
+
+
+@dataclass(frozen=True)
+class PostgresLedger:
+    """A fresh database on the session's server: ``url`` is postgresql://user@127.0.0.1:port/name (no password)."""
+
+    url: str
+    password: str
+    name: str
+    server: PostgresServer
+
+
+@pytest.fixture
+def postgres_ledger(postgres_server: PostgresServer) -> Iterator[PostgresLedger]:
+    """A new, empty database for this test, dropped afterwards (even with clients still connected)."""
+    name = f"ledger_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield PostgresLedger(url=url, password=postgres_server.password, name=name, server=postgres_server)
+    finally:
+        postgres_server.drop_database(name)
