@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pytest
 
 from metronome_suger.config import AppConfig, parse_config_data
@@ -19,6 +18,7 @@ from metronome_suger.core.windows import window_for_key
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.sandbox.server import Sandbox
+from metronome_suger.storage.db import Database, connect
 from metronome_suger_tests.postgres import PostgresNotFoundError, PostgresServer
 
 warnings.filterwarnings("ignore", module="dagster")
@@ -46,15 +46,25 @@ def sandbox() -> Iterator[Sandbox]:
         yield running
 
 
-class Pipeline:
-    """The plugin as a user runs it: a config, the Dagster definitions, one partition per run."""
+LEDGER_PASSWORD_ENV = "METRONOME_SUGER_DB_PASSWORD"
 
-    def __init__(self, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+class Pipeline:
+    """The plugin as a user runs it: a config, the Dagster definitions, one partition per run; the state in a
+    DuckDB file under ``tmp_path`` or, given ``ledger``, in a fresh PostgreSQL database."""
+
+    def __init__(self, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 ledger: "PostgresLedger | None" = None) -> None:
         self.sandbox = sandbox
         self.db_path = tmp_path / "data" / "metronome_suger.duckdb"
+        self.backend = "postgres" if ledger else "duckdb"
         self.instance = dg.DagsterInstance.ephemeral()
         for name, value in sandbox.env().items():
             monkeypatch.setenv(name, value)
+        storage: dict[str, Any] = {"duckdb_path": str(self.db_path)}
+        if ledger is not None:
+            monkeypatch.setenv(LEDGER_PASSWORD_ENV, ledger.password)
+            storage = {"url": ledger.url, "password_env": LEDGER_PASSWORD_ENV}
         self.settings: dict[str, Any] = {
             "metronome": {"base_url": sandbox.metronome_url},
             "suger": {"base_url": sandbox.suger_url, "org_id": sandbox.org_id},
@@ -69,7 +79,7 @@ class Pipeline:
                     "api_calls": [{"dimension_key": "requests", "mapping_mode": "QUANTITY", "multiplier": 1}],
                 },
             },
-            "storage": {"duckdb_path": str(self.db_path)},
+            "storage": storage,
         }
 
     def config(self) -> AppConfig:
@@ -85,14 +95,29 @@ class Pipeline:
         job = defs.resolve_implicit_global_asset_job_def()
         return job.execute_in_process(partition_key=partition_key, instance=self.instance, raise_on_error=False)
 
+    def database(self) -> Database:
+        return self.config().database()
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        with duckdb.connect(str(self.db_path), read_only=True) as conn:
+        with connect(self.database(), read_only=True) as conn:
             return conn.execute(sql, params or []).fetchall()
 
+    def stored_text(self) -> bytes:
+        """Everything the state holds, as bytes to search: the DuckDB file, or every PostgreSQL table's rows."""
+        if self.backend == "duckdb":
+            return self.db_path.read_bytes()
+        with connect(self.database(), read_only=True) as conn:
+            tables = [t for (t,) in conn.execute("SELECT table_name FROM duckdb_tables() "
+                                                 "WHERE database_name = current_database() AND schema_name = 'public'").fetchall()]
+            return "\n".join(str(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables).encode()
 
-@pytest.fixture
-def pipeline(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
-    return Pipeline(sandbox, tmp_path, monkeypatch)
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def pipeline(request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    """The pipeline on each storage backend: every end-to-end test runs on both."""
+    ledger = request.getfixturevalue("postgres_ledger") if request.param == "postgres" else None
+    return Pipeline(sandbox, tmp_path, monkeypatch, ledger)
 
 
 def sent_groups(sandbox: Sandbox) -> list[dict[str, Any]]:
@@ -112,8 +137,10 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
             data = event.step_failure_data
             if data.user_failure_data and data.user_failure_data.description:
                 parts.append(data.user_failure_data.description)
-            if data.error:
-                parts.append(data.error.message)
+            error = data.error
+            while error is not None:  # the step error and what caused it (the user's exception)
+                parts.append(error.message)
+                error = error.cause
     return "\n".join(parts)
 
 

@@ -216,6 +216,17 @@ class PostgresServer:
             self.running = False
             self._remove_dir()
 
+    def pause(self) -> None:
+        """Stop the server but keep its cluster (a database outage); ``resume`` starts it again on the same port."""
+        result = self._run(self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(self.start_timeout)))
+        if result.returncode != 0:
+            raise PostgresServerError(f"pg_ctl stop failed:\n{result.stdout}{result.stderr}")
+
+    def resume(self) -> None:
+        result = self._pg_ctl_start()
+        if result.returncode != 0:
+            raise PostgresServerError(f"pg_ctl start failed:\n{result.stdout}{result.stderr}\n{self._log_tail()}")
+
     # --- databases ---------------------------------------------------------------------------------------------
 
     def url(self, database: str) -> str:

@@ -78,7 +78,7 @@ def test_prediction_matches_what_the_marketplaces_accept(sandbox: Sandbox, pipel
         assert result.success, failure_text(result)
         # What Suger would have done with the groups we held back: hand them over anyway, by hand.
         window = window_for_key(partition, hourly=True)
-        with connect(pipeline.db_path, read_only=True) as conn:
+        with connect(pipeline.database(), read_only=True) as conn:
             held_back = groups_in_window(conn, window, ("expired",))
         with SugerClient(sandbox.suger_url, sandbox.org_id, key) as suger:
             for group in held_back:

@@ -303,8 +303,9 @@ def test_no_token_reaches_duckdb_metadata_or_logs(sandbox: Sandbox, pipeline: Pi
     secrets = list(sandbox.env().values())
     events = "\n".join(str(e) for e in result.all_events)
     records = "\n".join(str(r.__dict__) for r in caplog.records)
-    with pipeline.db_path.open("rb") as db:
-        stored = db.read()
+    stored = pipeline.stored_text()
+    if pipeline.backend == "postgres":
+        secrets.append(pipeline.database().password.get_secret_value())  # type: ignore[union-attr]
     for secret in secrets:
         assert secret not in events and secret not in records
         assert secret.encode() not in stored
