@@ -64,6 +64,9 @@ def sql_list(values: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+_CURRENT: set[tuple[int, str]] = set()  # PostgreSQL databases this process has brought to SCHEMA_VERSION
+
+
 @contextmanager
 def connect(
     where: "Database | str | Path", *, read_only: bool = False, lock_timeout: float = 120.0
@@ -78,8 +81,10 @@ def connect(
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = _open(path, read_only, lock_timeout)
     try:
-        if not read_only:
+        if not read_only and (os.getpid(), db.url) not in _CURRENT:
             ensure_schema(conn)
+            if db.is_postgres:  # a server database outlives this process's connections: check it once
+                _CURRENT.add((os.getpid(), db.url))
         for macro in MACROS:
             conn.execute(macro)
         conn.execute("SET TimeZone = 'UTC'")
@@ -97,8 +102,19 @@ def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
     return int(fetch_one(conn, "SELECT coalesce(max(version), 0) FROM schema_version")[0])
 
 
-def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Apply the migrations this database lacks, each in its own transaction; refuse a newer database."""
+def ensure_schema(conn: duckdb.DuckDBPyConnection, attempts: int = 5) -> None:
+    """Apply the migrations this database lacks, each in its own transaction; refuse a newer database. Two
+    processes may migrate a new PostgreSQL database at once: the loser's conflict is retried, and finds the
+    work done (every migration is idempotent)."""
+    for attempt in range(attempts):
+        try:
+            return _migrate(conn)
+        except duckdb.Error as exc:
+            if attempt == attempts - 1 or not (is_lock_error(exc) or "duplicate key" in str(exc).lower()):
+                raise
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection) -> None:
     current = schema_version(conn)
     if current > SCHEMA_VERSION:
         raise SchemaVersionError(

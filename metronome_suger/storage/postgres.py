@@ -3,10 +3,14 @@ backends. The extension's binary comes from the ``duckdb-extension-postgres-scan
 DuckDB version) and is LOADed from its file: nothing is downloaded at run time.
 
 The password travels in a temporary DuckDB secret, never in the connection string, so DuckDB's and libpq's
-error messages cannot repeat it.
+error messages cannot repeat it. Loading the extension and attaching cost about a third of a second, so each
+process keeps one attached in-memory DuckDB per database and hands out a new connection (cursor) of it per
+``connect``: temp tables and macros stay per connection, the attachment and its connection pool are shared.
 """
 
 import importlib.util
+import os
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -44,8 +48,35 @@ def display(url: str) -> str:
     return f"{parts.scheme}://{user}{parts.hostname}{port}{parts.path}"
 
 
+_ATTACHED: dict[tuple[int, str, str | None, bool], duckdb.DuckDBPyConnection] = {}
+_LOCK = threading.Lock()
+
+
+def _fail(url: str, password: SecretStr | None, exc: Exception) -> DatabaseUnavailableError:
+    message = str(exc)
+    if password is not None:
+        message = message.replace(password.get_secret_value(), "***")
+    return DatabaseUnavailableError(f"cannot open the ledger database {display(url)}: {message}")
+
+
 def open_postgres(url: str, password: SecretStr | None, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the PostgreSQL database attached and in use."""
+    """A new DuckDB connection with the PostgreSQL database attached and in use, checked to answer."""
+    key = (os.getpid(), url, password.get_secret_value() if password else None, read_only)  # a fork attaches anew
+    with _LOCK:
+        base = _ATTACHED.get(key)
+        if base is None:
+            base = _ATTACHED[key] = _attach(url, password, read_only=read_only)
+    conn = base.cursor()
+    try:
+        conn.execute(f"USE {CATALOG}")
+        conn.execute(f"CALL postgres_execute('{CATALOG}', 'SELECT 1')")  # an outage is named here, not mid-step
+    except duckdb.Error as exc:
+        conn.close()
+        raise _fail(url, password, exc) from None
+    return conn
+
+
+def _attach(url: str, password: SecretStr | None, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     parts = urlsplit(url)
     conn = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                               "autoload_known_extensions": False})
@@ -62,8 +93,5 @@ def open_postgres(url: str, password: SecretStr | None, *, read_only: bool) -> d
         conn.execute(f"USE {CATALOG}")
     except duckdb.Error as exc:
         conn.close()
-        message = str(exc)
-        if password is not None:
-            message = message.replace(password.get_secret_value(), "***")
-        raise DatabaseUnavailableError(f"cannot open the ledger database {display(url)}: {message}") from None
+        raise _fail(url, password, exc) from None
     return conn
