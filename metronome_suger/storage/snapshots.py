@@ -42,13 +42,19 @@ def store_links(
     problem) and the dimensions (entitlement, key, name, rate) of the linked entitlements. A
     dimensions problem says why an entitlement's dimension list is incomplete (mapping_completeness
     then blocks its windows)."""
-    bulk_insert(conn, "entitlements",
-                {"snapshot_at": "TIMESTAMPTZ", "metronome_customer_id": "VARCHAR", "buyer_id": "VARCHAR",
-                 "entitlement_id": "VARCHAR", "partner": "VARCHAR", "status": "VARCHAR",
-                 "start_time": "TIMESTAMPTZ", "end_time": "TIMESTAMPTZ", "term_id": "VARCHAR",
-                 "link_source": "VARCHAR", "dimensions_problem": "VARCHAR"},
-                [(at, *row) for row in links])
-    bulk_insert(conn, "entitlement_dimensions",
-                {"snapshot_at": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "dimension_key": "VARCHAR",
-                 "dimension_name": "VARCHAR", "rate": QTY},
-                [(at, *row) for row in dimensions])
+    conn.begin()  # one snapshot, seen whole: a concurrent reader never finds entitlements without dimensions
+    try:
+        bulk_insert(conn, "entitlements",
+                    {"snapshot_at": "TIMESTAMPTZ", "metronome_customer_id": "VARCHAR", "buyer_id": "VARCHAR",
+                     "entitlement_id": "VARCHAR", "partner": "VARCHAR", "status": "VARCHAR",
+                     "start_time": "TIMESTAMPTZ", "end_time": "TIMESTAMPTZ", "term_id": "VARCHAR",
+                     "link_source": "VARCHAR", "dimensions_problem": "VARCHAR"},
+                    [(at, *row) for row in links])
+        bulk_insert(conn, "entitlement_dimensions",
+                    {"snapshot_at": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "dimension_key": "VARCHAR",
+                     "dimension_name": "VARCHAR", "rate": QTY},
+                    [(at, *row) for row in dimensions])
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
