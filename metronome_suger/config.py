@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 import yaml
 from pydantic import (
     AfterValidator,
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.core.conversion import Partner
 from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.storage.db import Database
@@ -158,6 +160,30 @@ class CustomerLink(_Strict):
     )
 
 
+class HttpSettings(_Strict):
+    """How long each API call may take and how hard transient failures (timeouts, dropped connections, 408,
+    429, 5xx) are retried, for both APIs; a POST to Suger is safe to retry (the group id makes it exactly-once)."""
+
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        30.0, description="Seconds to wait for an answer before the call counts as failed (and is retried).")
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(5, description="Tries per call, the first included.")
+    initial_wait_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        0.5, description="Wait after the first failure; it doubles with each further one (plus jitter).")
+    max_wait_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        8.0, description="Longest wait between two tries, a server's Retry-After included.")
+    max_total_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0, description="Give up on a call once retrying it would take longer than this in total.")
+
+    def client_options(self) -> dict[str, Any]:
+        """The ``timeout`` and ``retry`` arguments of both API clients."""
+        return {
+            "timeout": httpx.Timeout(self.timeout_seconds, connect=min(5.0, self.timeout_seconds)),
+            "retry": RetryPolicy(max_attempts=self.max_attempts, initial_wait=self.initial_wait_seconds,
+                                 max_wait=self.max_wait_seconds, max_total_seconds=self.max_total_seconds,
+                                 jitter=min(0.5, self.initial_wait_seconds)),
+        }
+
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -251,6 +277,7 @@ class AppConfig(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         8, description="Most requests in flight at once to each API (Metronome, Suger): 1 to 64."
     )
+    http: HttpSettings = Field(default_factory=HttpSettings, description="Timeouts and retries of API calls.")
     storage: StorageSettings = Field(default_factory=StorageSettings, description="Where state is kept.")
     key_prefix: list[NameSegment] = Field(
         default_factory=list,

@@ -25,11 +25,12 @@ from metronome_suger.storage.db import connect
 
 def _metronome(config: AppConfig) -> MetronomeClient:
     return MetronomeClient(config.metronome.base_url, config.metronome_token(),
-                           max_workers=config.max_concurrency)
+                           max_workers=config.max_concurrency, **config.http.client_options())
 
 
 def _suger(config: AppConfig) -> SugerClient:
-    return SugerClient(config.suger.base_url, config.suger.org_id, config.suger_api_key())
+    return SugerClient(config.suger.base_url, config.suger.org_id, config.suger_api_key(),
+                       **config.http.client_options())
 
 
 def suger_metronome_groups(client: SugerClient, entitlement_ids: Collection[str]) -> str | None:

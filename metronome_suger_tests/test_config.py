@@ -603,7 +603,7 @@ def test_every_key_of_every_model_has_a_description() -> None:
     models = set(_models(AppConfig))
     assert {m.__name__ for m in models} == {
         "AppConfig", "MetronomeSettings", "SugerSettings", "DimensionMapping", "Whitelist", "CustomerLink",
-        "StorageSettings",
+        "StorageSettings", "HttpSettings",
     }
     for model in models:
         for name, field in model.model_fields.items():
@@ -669,3 +669,15 @@ def test_bad_postgres_urls_are_config_errors(tmp_path: Path, url: str, message: 
     path, text = load_error(tmp_path, lambda d: d.update(storage={"url": url}))
     assert str(path) in text and "storage.url" in text and message in text
     assert "hunter2" not in text
+
+
+def test_http_settings_reach_both_clients_as_timeout_and_retry_policy() -> None:
+    """A user's http section is what both clients use: the fault tests rely on short timeouts and fast retries."""
+    http = config_module.HttpSettings(timeout_seconds=2, max_attempts=7, initial_wait_seconds=0.01,
+                                      max_wait_seconds=0.2, max_total_seconds=9)
+    options = http.client_options()
+    assert options["timeout"].read == 2 and options["timeout"].connect == 2
+    retry = options["retry"]
+    assert (retry.max_attempts, retry.initial_wait, retry.max_wait, retry.max_total_seconds) == (7, 0.01, 0.2, 9)
+    with pytest.raises(ValidationError, match="max_attempts"):
+        config_module.HttpSettings(max_attempts=0)

@@ -21,6 +21,7 @@ from metronome_suger.config import (
     ConfigError,
     CustomerLink,
     DimensionConversion,
+    HttpSettings,
     InvoiceChangePolicy,
     MetronomeSettings,
     StorageSettings,
@@ -97,6 +98,7 @@ class MetronomeSugerComponent(dg.Component, dg.Model, dg.Resolvable):
     marketplace_deadline_hours: Annotated[Inline[dict[Partner, Decimal]], _key("marketplace_deadline_hours")] = None
     suger_forward_lag_minutes: Annotated[Inline[int], _key("suger_forward_lag_minutes")] = None
     max_concurrency: Annotated[Inline[int], _key("max_concurrency")] = None
+    http: Annotated[Inline[HttpSettings], _key("http")] = None
     storage: Annotated[Inline[StorageSettings], _key("storage")] = None
     key_prefix: Annotated[Inline[list[str]], _key("key_prefix")] = None
 

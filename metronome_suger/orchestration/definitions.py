@@ -22,9 +22,10 @@ def build_resources(config: AppConfig) -> dict[str, dg.ConfigurableResource]:
     return {
         METRONOME: MetronomeResource(base_url=config.metronome.base_url,
                                      api_token=dg.EnvVar(config.metronome.api_token_env),
-                                     max_workers=config.max_concurrency),
+                                     max_workers=config.max_concurrency, http=config.http.model_dump()),
         SUGER: SugerResource(base_url=config.suger.base_url, org_id=config.suger.org_id,
-                             api_key=dg.EnvVar(config.suger.api_key_env), max_workers=config.max_concurrency),
+                             api_key=dg.EnvVar(config.suger.api_key_env), max_workers=config.max_concurrency,
+                             http=config.http.model_dump()),
         DUCKDB: SafeDuckDBResource(database=config.storage.url, password=(
             dg.EnvVar(config.storage.password_env) if config.storage.is_postgres and config.storage.password_env
             else None)),

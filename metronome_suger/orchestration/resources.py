@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -16,31 +17,41 @@ from pydantic import Field, SecretStr
 
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.suger import SugerClient
+from metronome_suger.config import HttpSettings
 from metronome_suger.core.windows import utc
 from metronome_suger.storage.db import Database, connect
 
 
-class MetronomeResource(dg.ConfigurableResource):
+class _ApiResource(dg.ConfigurableResource):
+    """What both API resources share: the bound on concurrent calls, and the configuration's ``http`` section."""
+
+    max_workers: int = Field(default=8, description="Bound on concurrent calls")
+    http: dict[str, Any] = Field(default_factory=dict, description="The configuration's http section "
+                                 "(timeout_seconds, max_attempts...); empty: the defaults")
+
+    def _options(self) -> dict[str, Any]:
+        return HttpSettings.model_validate(self.http).client_options()
+
+
+class MetronomeResource(_ApiResource):
     """Metronome API access (``Authorization: Bearer``)."""
 
     base_url: str = Field(description="Metronome API base URL")
     api_token: str = Field(description="Metronome API token; pass dg.EnvVar(<name>)")
-    max_workers: int = Field(default=8, description="Bound on concurrent per-customer calls")
 
     def get_client(self) -> MetronomeClient:
-        return MetronomeClient(self.base_url, self.api_token, max_workers=self.max_workers)
+        return MetronomeClient(self.base_url, self.api_token, max_workers=self.max_workers, **self._options())
 
 
-class SugerResource(dg.ConfigurableResource):
+class SugerResource(_ApiResource):
     """Suger API access (``Authorization: Key``) for one organization."""
 
     base_url: str = Field(description="Suger API base URL")
     org_id: str = Field(description="Suger organization id")
     api_key: str = Field(description="Suger API key; pass dg.EnvVar(<name>)")
-    max_workers: int = Field(default=8, description="Bound on concurrent calls")
 
     def get_client(self) -> SugerClient:
-        return SugerClient(self.base_url, self.org_id, self.api_key)
+        return SugerClient(self.base_url, self.org_id, self.api_key, **self._options())
 
 
 class SafeDuckDBResource(DuckDBResource):

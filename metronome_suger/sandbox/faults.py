@@ -10,14 +10,21 @@ import asyncio
 import gzip
 import json
 import logging
+import random
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-FaultKind = Literal["429", "5xx", "latency", "drop", "malformed"]
-FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "latency", "drop", "malformed")
+FaultKind = Literal["429", "5xx", "latency", "drop", "drop_after", "malformed", "respond"]
+FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "latency", "drop", "drop_after", "malformed", "respond")
+# What `Faults.chaos` draws from, each equally likely: the transient failures real APIs and proxies produce.
+CHAOS_KINDS: tuple[str, ...] = (
+    "429", "429_no_retry_after", "500", "502", "503", "timeout", "drop", "drop_after", "malformed", "slow",
+)
 
 # uvicorn logs one error line per deliberately dropped connection; that line is expected noise.
 _DROP_LOG_MESSAGE = "ASGI callable returned without completing response."
@@ -44,6 +51,8 @@ class _Fault:
     status: int | None
     retry_after: float | None
     delay_seconds: float | None
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -65,6 +74,26 @@ class Faults:
         self._faults: list[_Fault] = []
         self.empty_pages = False
         self.empty_second_page = True
+        self._chaos: _Chaos | None = None
+        self.fired: Counter[str] = Counter()  # firings so far, by kind (chaos kinds by their chaos name)
+
+    def chaos(
+        self, rate: float, *, seed: int, timeout_seconds: float, slow_seconds: float = 0.05,
+        kinds: Sequence[str] = CHAOS_KINDS, path_prefix: str | None = None,
+    ) -> None:
+        """From now on, each request (under ``path_prefix``) fails with probability ``rate``, the kind drawn
+        from ``kinds`` by a generator seeded with ``seed``. ``timeout`` holds the answer ``timeout_seconds``
+        (set it above the client's read timeout); ``slow`` holds it ``slow_seconds`` and then answers."""
+        unknown = set(kinds) - set(CHAOS_KINDS)
+        if unknown or not 0 <= rate <= 1:
+            raise ValueError(f"chaos needs 0 <= rate <= 1 and kinds from {CHAOS_KINDS}; got {rate}, {sorted(unknown)}")
+        with self._lock:
+            self._chaos = _Chaos(rate, random.Random(seed), tuple(kinds), timeout_seconds, slow_seconds, path_prefix)
+
+    def calm(self) -> None:
+        """Stop the chaos (armed faults stay armed)."""
+        with self._lock:
+            self._chaos = None
 
     def inject(
         self,
@@ -76,7 +105,11 @@ class Faults:
         status: int | None = None,
         retry_after: float | None = None,
         delay_seconds: float | None = None,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
     ) -> None:
+        """Arm a fault. ``respond`` answers ``status`` with ``body`` and ``headers`` as given (an HTML page from a
+        proxy, an empty 200, a 413...); ``drop_after`` lets the emulator do the work, then drops the answer."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
         if times < 1:
@@ -85,7 +118,11 @@ class Faults:
             raise ValueError(f"5xx fault needs a 5xx status, got {status}")
         if kind == "latency" and (delay_seconds is None or delay_seconds < 0):
             raise ValueError("latency fault needs delay_seconds >= 0")
-        fault = _Fault(kind, times, method, path_prefix, status, retry_after, delay_seconds)
+        if kind == "respond" and status is None:
+            raise ValueError("respond fault needs a status")
+        raw = body.encode() if isinstance(body, str) else body
+        fault = _Fault(kind, times, method, path_prefix, status, retry_after, delay_seconds, raw,
+                       tuple((headers or {}).items()))
         with self._lock:
             self._faults.append(fault)
 
@@ -99,15 +136,45 @@ class Faults:
             return sum(f.remaining for f in self._faults)
 
     def take(self, method: str, path: str) -> _Fault | None:
-        """Consume one firing of the first armed fault matching this request."""
+        """Consume one firing of the first armed fault matching this request, else maybe draw a chaos fault."""
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
+                    self.fired[fault.kind] += 1
                     return fault
+            drawn = self._chaos.draw(path) if self._chaos else None
+            if drawn is not None:
+                self.fired[drawn[0]] += 1
+                return drawn[1]
         return None
+
+
+@dataclass
+class _Chaos:
+    rate: float
+    rng: random.Random
+    kinds: tuple[str, ...]
+    timeout_seconds: float
+    slow_seconds: float
+    path_prefix: str | None
+
+    def draw(self, path: str) -> tuple[str, _Fault] | None:
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        name = self.rng.choice(self.kinds)
+        as_fault = {
+            "429": ("429", None, 0.0, None), "429_no_retry_after": ("429", None, None, None),
+            "500": ("5xx", 500, None, None), "502": ("5xx", 502, None, None), "503": ("5xx", 503, None, None),
+            "timeout": ("latency", None, None, self.timeout_seconds),
+            "slow": ("latency", None, None, self.slow_seconds),
+        }.get(name, (name, None, None, None))
+        kind, status, retry_after, delay = as_fault
+        return name, _Fault(kind, 1, None, None, status, retry_after, delay)
 
 
 @dataclass(frozen=True)
@@ -246,6 +313,14 @@ class FaultMiddleware:
         )
         self.log._append(entry)
         fault = self.faults.take(scope["method"], scope["path"])
+        if fault is not None and fault.kind == "drop_after":
+            async def swallow(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    self.log._set(entry, status=int(message["status"]), fault="drop_after")
+
+            await self.app(scope, replay, swallow)  # the work is done (a POST is stored), the answer is lost
+            await _drop(send)
+            return
         if fault is not None and fault.kind != "latency":
             await self._fire(fault, entry, send)
             return
@@ -313,24 +388,34 @@ class FaultMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body, "more_body": False})
+        elif fault.kind == "respond":
+            assert fault.status is not None
+            self.log._set(entry, status=fault.status, fault="respond")
+            headers = [(k.lower().encode(), v.encode()) for k, v in fault.headers]
+            if not any(k == b"content-length" for k, _ in headers):
+                headers.append((b"content-length", str(len(fault.body)).encode()))
+            await send({"type": "http.response.start", "status": fault.status, "headers": headers})
+            await send({"type": "http.response.body", "body": fault.body, "more_body": False})
         elif fault.kind == "drop":
-            # Promise more bytes than we send and never finish: the server closes the connection
-            # mid-body, which an HTTP client reports as a transport (protocol) error.
             self.log._set(entry, status=None, fault="drop")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", b"1000"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b'{"data": [', "more_body": True})
+            await _drop(send)
+
+
+async def _drop(send: Send) -> None:
+    """Promise more bytes than we send and never finish: the server closes the connection mid-body, which an
+    HTTP client reports as a transport (protocol) error."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b'{"data": [', "more_body": True})
 
 
 __all__ = [
+    "CHAOS_KINDS",
     "FAULT_KINDS",
     "FaultKind",
     "FaultMiddleware",

@@ -25,6 +25,7 @@ from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.metronome_models import USD_CREDIT_TYPE_ID, Invoice
 from metronome_suger.core.amounts import TRACKED_TYPE, InvoiceView, Policy, Selection, select
 from metronome_suger.core.windows import Window
+from metronome_suger.crashpoints import crash_point
 from metronome_suger.storage.amounts import (
     awaiting_final,
     linked_customers,
@@ -97,6 +98,7 @@ def _apply_window(
         selection = window_selection(conn, window, views, policy)
         replace_snapshots(conn, window, selection.kept(), fetched_at, selection.keys)
         added = record_observations(conn, window, selection.totals)
+        crash_point("invoices.inside_high_water")
         conn.commit()
     except BaseException:
         conn.rollback()

@@ -13,6 +13,7 @@ from metronome_suger.clients.suger_models import NewUsageRecordGroup, ReportResu
 from metronome_suger.core.deadlines import Deadlines, Urgency
 from metronome_suger.core.ledger import Event, answer_event, transition
 from metronome_suger.core.windows import Window
+from metronome_suger.crashpoints import crash_point
 from metronome_suger.steps.records import Conversion, window_gaps
 from metronome_suger.storage.db import Connect
 from metronome_suger.storage.ledger import Change, LedgerGroup, expired_by_partner, groups_in_window, handovers, record
@@ -91,12 +92,19 @@ def report_windows(
             if verdict:
                 out.problems.append(f"Suger validation failed: {verdict}")
             return out
-        answers = iter_bounded(lambda g: suger.report_usage_record_group(payload(org_id, g)), todo,
-                               max_workers=max_workers)
+        def post(group: LedgerGroup) -> ReportResult:
+            crash_point("report.before_post")
+            return suger.report_usage_record_group(payload(org_id, group))
+
+        answers = iter_bounded(post, todo, max_workers=max_workers)
         with connect() as conn:
-            for group, answer in answers:
+            for done, (group, answer) in enumerate(answers, start=1):
                 change = answer_change(group, answer)
+                crash_point("report.after_post")
                 record(conn, [change], clock())
+                crash_point("report.after_ledger_write")
+                if done < len(todo):
+                    crash_point("report.between_groups")
                 if change.event in (Event.CREATED, Event.DUPLICATE):
                     out.sent += 1
                     continue

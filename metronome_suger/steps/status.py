@@ -9,6 +9,7 @@ from metronome_suger.clients.errors import ApiError
 from metronome_suger.clients.suger import SugerClient
 from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.ledger import MAX_STATUS_RETRIES, Event, status_event, transition
+from metronome_suger.crashpoints import crash_point
 from metronome_suger.storage.db import Connect, is_lock_error
 from metronome_suger.storage.ledger import Change, LedgerGroup, awaiting_groups, record
 
@@ -86,6 +87,7 @@ def poll_statuses(
         postponed = {c.record_group_id for c in retries[retries_per_tick:]}
         changes = [c for c in changes if c.record_group_id not in postponed]
         # The retry is counted before it is requested: a crash in between can only under-use the budget.
+        crash_point("status.after_answer")
         with connect() as conn:
             record(conn, changes, now)
         after: list[Change] = []
