@@ -63,7 +63,9 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         sharing the database, write it one after the other (exactly-once without a Dagster pool)."""
         names = [f"{config.billing_mode}:{w.partition_key}" for w in context_windows(context, config.hourly)]
         try:
-            with claimed(res(context, DUCKDB).get_connection, [*names, *shared], context.run_id, wait=CLAIM_WAIT):
+            db = res(context, DUCKDB)
+            with claimed(db.get_connection, [*names, *shared], context.run_id, wait=CLAIM_WAIT,
+                         heartbeat=db.target.is_postgres):
                 yield
         except ClaimTimeoutError as exc:
             raise dg.Failure(description=str(exc)) from None
