@@ -64,7 +64,7 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         names = [f"{config.billing_mode}:{w.partition_key}" for w in context_windows(context, config.hourly)]
         try:
             db = res(context, DUCKDB)
-            with claimed(db.get_connection, [*names, *shared], context.run_id, wait=CLAIM_WAIT,
+            with claimed(db.get_connection, [*names, *shared], context.run.run_id, wait=CLAIM_WAIT,
                          heartbeat=db.target.is_postgres):
                 yield
         except ClaimTimeoutError as exc:
