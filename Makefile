@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test dev venv clean
+.PHONY: demo test reliability dev venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ demo: $(STAMP)
 	$(BIN)/metronome-suger demo
 
 test: $(STAMP)
-	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks
+	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks scripts
 	$(BIN)/mypy metronome_suger
 	bash scripts/ensure-postgres.sh
 	$(BIN)/python -m pytest
+
+# The reliability suites alone (crashes, fault matrix, bad input, soak, secrets), with their figures written
+# into README.md's "Reliability" table by scripts/reliability_table.py. `make test` runs the same suites.
+reliability: $(STAMP)
+	bash scripts/ensure-postgres.sh
+	rm -f .reliability.jsonl .reliability.xml
+	METRONOME_SUGER_FIGURES=$(CURDIR)/.reliability.jsonl $(BIN)/python -m pytest -m reliability \
+		--junitxml=.reliability.xml
+	$(BIN)/python scripts/reliability_table.py .reliability.jsonl .reliability.xml README.md
 
 dev: $(STAMP)
 	$(BIN)/metronome-suger dev
