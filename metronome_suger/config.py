@@ -46,6 +46,8 @@ DEFAULT_DEADLINE_HOURS: dict[Partner, Decimal] = {
     "GCP": Decimal(1),
 }
 _NAME_SEGMENT = r"[A-Za-z0-9_]+"
+MULTIPLIER_PLACES = 10  # the ledger's DECIMAL(38,10)
+MULTIPLIER_LIMIT = Decimal(10) ** 18  # an exact DECIMAL(38,10) product holds |quantity x multiplier| < 10^18
 
 
 class ConfigError(Exception):
@@ -136,6 +138,19 @@ class DimensionMapping(_Strict):
     multiplier: Annotated[Decimal, Field(ge=0)] = Field(
         Decimal(1), description="Factor applied to the source value (an exact decimal, 0 or more)."
     )
+
+    @field_validator("multiplier")
+    @classmethod
+    def _fits_the_ledger(cls, value: Decimal) -> Decimal:
+        """The ledger keeps DECIMAL(38,10): a finer multiplier would be rounded (0.00000000001 to 0, so nothing
+        would ever be sent) and a larger one would overflow every conversion; refused here, naming the key."""
+        exponent = value.normalize().as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -MULTIPLIER_PLACES:
+            raise ValueError(f"has more than {MULTIPLIER_PLACES} decimal places ({value:f}), which the ledger's "
+                             "DECIMAL(38,10) would round")
+        if value >= MULTIPLIER_LIMIT:
+            raise ValueError(f"must be below 10^18 (got {value}): the ledger converts |quantity x multiplier| < 10^18")
+        return value
 
 
 # Per marketplace: source key (a billable metric name or id, or ``metronome``) -> its target dimensions.

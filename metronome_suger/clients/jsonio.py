@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from html import unescape
 from typing import Any
 
 import httpx
@@ -28,6 +30,10 @@ __all__ = [
 ]
 
 MESSAGE_LIMIT = 500
+_HTML_START = re.compile(r"\s*(<!doctype html|<html|<head|<body)", re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HTML_HIDDEN = re.compile(r"<(script|style)[^>]*>.*?</\1>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -91,8 +97,8 @@ def decode_json(content: bytes) -> Any:
 
 
 def message_from_body(content: bytes, status: int | None) -> tuple[str, Any]:
-    """The server's error message: JSON ``{"message"}`` (or ``error``), a JSON string, or a text
-    excerpt."""
+    """The server's error message: JSON ``{"message"}`` (or ``error``), a JSON string, the title (or
+    text) of an HTML error page, or a text excerpt."""
     decoded: Any = None
     try:
         decoded = json.loads(content) if content.strip() else None
@@ -105,6 +111,9 @@ def message_from_body(content: bytes, status: int | None) -> tuple[str, Any]:
     if isinstance(decoded, str) and decoded.strip():
         return decoded.strip(), decoded
     text = " ".join(content.decode("utf-8", errors="replace").split())
+    if _HTML_START.match(text):  # a proxy's or load balancer's error page: its title (else its text), not markup
+        title = _HTML_TITLE.search(text)
+        text = " ".join(unescape(_HTML_TAG.sub(" ", title.group(1) if title else _HTML_HIDDEN.sub(" ", text))).split())
     if not text:
         text = httpx.codes.get_reason_phrase(status) if status else "empty response"
         return text or "empty response", decoded

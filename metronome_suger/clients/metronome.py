@@ -53,7 +53,7 @@ _WINDOW_SIZES = {"HOUR", "DAY", "NONE"}
 _INVOICE_TYPES = {"USAGE", "USAGE_CONSOLIDATED", "SCHEDULED"}
 
 
-def _day_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+def day_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     """The whole UTC days covering ``[start, end)`` (both UTC, ``start < end``): UTC midnights, at
     least one day apart."""
     floor = start.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -191,7 +191,7 @@ class MetronomeClient(JsonApiClient):
             raise ValueError(
                 f"window_size must be one of {sorted(_WINDOW_SIZES)}, got {window_size!r}"
             )
-        query_start, query_end = _day_bounds(start, end)
+        query_start, query_end = day_bounds(start, end)
         widened = (query_start, query_end) != (start, end)
         if widened and size == "NONE":
             raise ValueError(

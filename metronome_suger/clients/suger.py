@@ -228,8 +228,10 @@ class SugerClient(JsonApiClient):
             data = self.request("POST", path, json=group.to_body())
         except ConflictError as exc:
             return ReportResult(outcome="duplicate", group=None, message=exc.message)
-        stored = self.parse_model(_GROUP, data, "POST", path) if data is not None else None
-        return ReportResult(outcome="created", group=stored, message=None)
+        if data is None:  # Suger answers the stored group; without it, whether it stored anything is unknown
+            raise self.malformed("POST", path, "a 2xx answer with an empty body instead of the stored group: "
+                                 "not counted as sent (a re-send is answered 409 if it had landed)")
+        return ReportResult(outcome="created", group=self.parse_model(_GROUP, data, "POST", path), message=None)
 
     def validate_usage_record_groups(self, groups: Sequence[NewUsageRecordGroup]) -> str | None:
         """Dry-run validation: None when Suger accepts every group (any 200: the spec's 200 is a

@@ -11,7 +11,7 @@ import duckdb
 from metronome_suger.core.conversion import Metric
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert
-from metronome_suger.storage.window import Source
+from metronome_suger.storage.window import MappingTables, Source
 
 _USAGE_COLUMNS = {
     "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR", "metric_id": "VARCHAR",
@@ -71,4 +71,31 @@ def usage_source(conn: duckdb.DuckDBPyConnection, window: Window) -> Source:
     return Source("_source", [
         f"negative usage {value} for customer {customer} metric '{metric}' in window {window}"
         for customer, metric, value in negatives
-    ])
+    ] + _beyond_conversion(conn, window))
+
+
+# The conversion multiplies two DECIMAL(38,10) values exactly (a DECIMAL(38,20) product): it holds |value ×
+# multiplier| < 10^18, and an AMOUNT mapping's exact division holds |value| < 10^18.
+LARGEST_CONVERTED = 10**18
+
+
+def _beyond_conversion(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
+    """The window's values whose conversion the ledger cannot compute exactly, each named (checked against
+    the run's mapping rows, ``MappingTables``, when they are loaded)."""
+    mapping = MappingTables.mapping_table
+    loaded = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
+                          [mapping]).fetchall()[0][0]
+    if not loaded:
+        return []
+    rows = conn.execute(
+        f"""SELECT s.customer_id, s.source_key, s.value,
+                   max(CASE WHEN m.mapping_mode = 'QUANTITY' THEN m.multiplier ELSE 1 END)
+        FROM _source s JOIN {mapping} m ON m.source_key = s.source_key
+        WHERE abs(CAST(s.value AS DOUBLE))
+              * CASE WHEN m.mapping_mode = 'QUANTITY' THEN CAST(m.multiplier AS DOUBLE) ELSE 1 END >= ?
+        GROUP BY 1, 2, 3 ORDER BY 1, 2""",
+        [float(LARGEST_CONVERTED)],
+    ).fetchall()
+    return [f"usage {value.normalize():f} for customer {customer} metric '{metric}' in window {window} is too large "
+            f"to convert exactly (x {multiplier.normalize():f}; the ledger converts |value x multiplier| < 10^18)"
+            for customer, metric, value, multiplier in rows]
