@@ -5,7 +5,7 @@ Every window ends exact after retries and re-runs: 0 lost, 0 duplicate. A fault 
 naming the call, leaves the ledger consistent, and a later run completes the window."""
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
