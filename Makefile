@@ -26,15 +26,15 @@ test: $(STAMP)
 	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks scripts
 	$(BIN)/mypy metronome_suger
 	bash scripts/ensure-postgres.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The reliability suites alone (crashes, fault matrix, bad input, soak, secrets), with their figures written
 # into README.md's "Reliability" table by scripts/reliability_table.py. `make test` runs the same suites.
 reliability: $(STAMP)
 	bash scripts/ensure-postgres.sh
 	rm -f .reliability.jsonl .reliability.xml
-	METRONOME_SUGER_FIGURES=$(CURDIR)/.reliability.jsonl $(BIN)/python -m pytest -m reliability \
-		--junitxml=.reliability.xml
+	METRONOME_SUGER_FIGURES=$(CURDIR)/.reliability.jsonl $(BIN)/python -m pytest -n 2 --dist worksteal \
+		-m reliability --junitxml=.reliability.xml
 	$(BIN)/python scripts/reliability_table.py .reliability.jsonl .reliability.xml README.md
 
 dev: $(STAMP)

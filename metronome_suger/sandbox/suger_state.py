@@ -244,6 +244,13 @@ class SugerState:
             ent["status"], ent["lastUpdateTime"] = "CANCELLED", self.now()
             return self.get_entitlement(entitlement_id)
 
+    def set_dimension_rates(self, entitlement_id: str, rates: dict[str, Decimal]) -> None:
+        """A price change: the named dimensions' ``rate`` (unit price) becomes the new one from now on."""
+        with self._lock:
+            for dim in self._all_dimensions[self._entitlement(entitlement_id)["id"]]:  # also info.dimensions
+                dim["rate"] = Decimal(str(rates.get(dim["key"], dim["rate"])))
+            self._entitlements[entitlement_id]["lastUpdateTime"] = self.now()
+
     def set_entitlement_status(self, entitlement_id: str, status: str) -> None:
         if status not in ENTITLEMENT_STATUSES:
             raise ValueError(f"status must be one of {ENTITLEMENT_STATUSES}")

@@ -128,12 +128,7 @@ class World:
                                                      start_time=RENEWAL)["id"]
 
     def change_prices(self) -> None:
-        """The emulator has no route or hook to re-price an entitlement's dimension: edit its state in place."""
-        state = self.sb.suger
-        with state._lock:
-            for dim in state._all_dimensions[self.ents[BO]]:  # the same dicts as its info.dimensions
-                dim["rate"] = NEW_GCP_RATES.get(dim["key"], dim["rate"])
-            state._entitlements[self.ents[BO]]["lastUpdateTime"] = state.now()
+        self.sb.suger.set_dimension_rates(self.ents[BO], NEW_GCP_RATES)
 
     def entitlement(self, c: int, hour: datetime) -> str | None:
         """Where (customer, hour) must be reported: Ann's renewal, Cy's cancellation (usage before it only)."""
