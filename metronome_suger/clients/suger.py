@@ -11,6 +11,7 @@ land, the retry gets 409 and is reported as ``duplicate``, never stored as a sec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from metronome_suger.clients.http import (
     check_paging,
     path_segment,
 )
-from metronome_suger.clients.paging import Page, PageShapeError
+from metronome_suger.clients.paging import Page, PageShapeError, paginate
 from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.clients.suger_models import (
     Buyer,
@@ -38,7 +39,9 @@ from metronome_suger.clients.suger_models import (
     NewUsageRecordGroup,
     ReportResult,
     UsageMeteringConfigInfo,
+    UsageRecordAggregated,
     UsageRecordGroup,
+    UsageRecordReport,
 )
 
 __all__ = ["DEFAULT_SUGER_URL", "SugerClient"]
@@ -53,6 +56,9 @@ _GROUPS = TypeAdapter(list[UsageRecordGroup])
 _GROUP = TypeAdapter(UsageRecordGroup)
 _CONFIG = TypeAdapter(UsageMeteringConfigInfo)
 _DIMENSIONS = TypeAdapter(list[MeteringDimension])
+_REPORTS = TypeAdapter(list[UsageRecordReport])
+_AGGREGATED = TypeAdapter(list[UsageRecordAggregated])
+logger = logging.getLogger(__name__)
 OUR_SOURCE = "API"  # metaInfo.source of the groups this client reports (UsageRecordGroupSource)
 
 
@@ -112,6 +118,34 @@ class _GroupPages(_OffsetPages):
         else:
             nxt = position + len(items)
         return Page(items, nxt)
+
+
+@dataclass(frozen=True)
+class _ReportPages(_OffsetPages):
+    """``GET .../usageRecordReport``: ``{"usageRecordReports": [...] | null, "nextOffset": n}``
+    (``ListUsageRecordReportsResponse``). An empty page or ``nextOffset`` 0 ("nothing left") ends the
+    list; a ``nextOffset`` that does not advance repeats an offset: logged, and the list stops there
+    (what was read is kept). Without ``nextOffset`` a short page ends it."""
+
+    items_at: str = "usageRecordReports"
+
+    def read(self, payload: Any, position: int) -> Page[int]:
+        if not isinstance(payload, Mapping):
+            raise PageShapeError("expected a JSON object with 'usageRecordReports'")
+        items = payload.get("usageRecordReports")
+        items = [] if items is None else items
+        if not isinstance(items, list):
+            raise PageShapeError("'usageRecordReports' must be an array")
+        next_offset = payload.get("nextOffset")
+        if not items or next_offset == 0:
+            return Page(items, None)
+        if isinstance(next_offset, int) and not isinstance(next_offset, bool):
+            if next_offset <= position:
+                logger.warning("Suger usageRecordReport: the page at offset %d gave nextOffset %d, an offset "
+                               "already read; stopping the listing there", position, next_offset)
+                return Page(items, None)
+            return Page(items, next_offset)
+        return Page(items, position + len(items) if len(items) >= self.limit else None)
 
 
 def _problem_text(exc: BadRequestError) -> str:
@@ -277,6 +311,55 @@ class SugerClient(JsonApiClient):
         """Put a ``REPORT_FAILED`` group back to ``CREATED`` for Suger's next hourly report."""
         path = self._org(f"/usageRecordGroup/{path_segment(group_id)}/retry")
         return self.parse_model(_GROUP, self.request("POST", path), "POST", path)
+
+    # -- usage record reports ----------------------------------------------------------------------
+
+    def list_usage_record_reports(
+        self,
+        *,
+        partner: str | None = None,
+        buyer_id: str | None = None,
+        entitlement_id: str | None = None,
+        start_date: date,
+        end_date: date,
+    ) -> list[UsageRecordReport]:
+        """What Suger's hourly job sent to the marketplaces, created between the two UTC days
+        (inclusive), optionally of one marketplace, buyer and/or entitlement; pages of ``page_limit``
+        (default and maximum 1000) on ``offset``/``nextOffset``.
+
+        A server that repeats itself never makes this loop or double count: a ``nextOffset`` that does
+        not advance, or a page that brings no report not already read, stops the listing with a
+        warning; a report met twice is kept once (first seen)."""
+        if start_date > end_date:
+            raise ValueError(f"start_date {start_date} is after end_date {end_date}")
+        method, path = "GET", self._org("/usageRecordReport")
+        base = {"partner": partner or None, "buyerId": buyer_id or None,
+                "entitlementId": entitlement_id or None, "startDate": start_date, "endDate": end_date}
+        shape = _ReportPages(self.page_limit)
+        found: dict[str, UsageRecordReport] = {}
+        pages = paginate(shape, lambda position: self.request(method, path, params={**base, **position}),
+                         lambda what: self.malformed(method, path, what))
+        for number, items in enumerate(pages, start=1):
+            reports = self.parse_model(_REPORTS, items, method, path, loc_prefix=shape.items_at)
+            fresh = [r for r in reports if r.id not in found]
+            if reports and not fresh and number > 1:
+                logger.warning("Suger usageRecordReport: page %d repeated reports already read (the offset "
+                               "was ignored); stopping the listing there", number)
+                break
+            found.update((r.id, r) for r in fresh)
+        return list(found.values())
+
+    def aggregate_usage_record_reports(
+        self, *, partner: str, granularity: str = "DAY", start_date: date, end_date: date
+    ) -> list[UsageRecordAggregated]:
+        """Suger's sums of the reported quantities by period and dimension
+        (``GET .../usageRecordReport/aggregate``, a plain array; every parameter is required)."""
+        if not partner or not granularity:
+            raise ValueError("partner and granularity must be non-empty")
+        path = self._org("/usageRecordReport/aggregate")
+        params = {"partner": partner, "granularity": granularity, "startDate": start_date, "endDate": end_date}
+        data = self.request("GET", path, params=params)
+        return self.parse_model(_AGGREGATED, data if data is not None else [], "GET", path)
 
     # -- metering config ---------------------------------------------------------------------------
 

@@ -28,7 +28,10 @@ __all__ = [
     "PartnerUsageMeteringConfig",
     "ReportResult",
     "UsageMeteringConfigInfo",
+    "UsageRecordAggregated",
     "UsageRecordGroup",
+    "UsageRecordReport",
+    "UsageRecordReportInfo",
 ]
 
 MAX_GROUP_ID_LENGTH = 36
@@ -220,6 +223,70 @@ class UsageMeteringConfigInfo(ApiModel):
 
     def for_partner(self, partner: str) -> PartnerUsageMeteringConfig | None:
         return next((c for c in self.partnerUsageMeteringConfigs if c.partner == partner), None)
+
+
+class UsageRecordReportInfo(ApiModel):
+    """What Suger told the marketplace and what came back (``MeteringUsageRecordReportInfo``), only the
+    fields reconciliation reads. ``status`` is kept verbatim (``CREATED``, ``SUCCESS``, ``FAILED``,
+    ``INVOICED``, ``CANCELED``, ``DELETED``; ``usage_record_report_status.py``); the raw marketplace
+    requests stay plain JSON. Fields not named here are dropped (the raw responses can be large)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    status: str | None = None
+    partner: str | None = None
+    usageRecordGroupIds: list[str] = Field(default_factory=list)
+    reportedRecords: dict[str, Decimal] = Field(default_factory=dict)
+    decimalParts: dict[str, Decimal] = Field(default_factory=dict)
+    newDecimalParts: dict[str, Decimal] = Field(default_factory=dict)
+    dimensionUnitPrice: dict[str, Decimal] = Field(default_factory=dict)
+    startTime: OptionalTime = None
+    endTime: OptionalTime = None
+    message: str | None = None
+    awsMeteringRequest: dict[str, Any] | None = None
+    azureMeteringRequest: dict[str, Any] | None = None
+    gcpMeteringRequest: dict[str, Any] | None = None
+
+    @field_validator("usageRecordGroupIds", mode="before")
+    @classmethod
+    def _null_ids(cls, value: Any) -> Any:
+        return _none_as_empty(value, [])
+
+    @field_validator("reportedRecords", "decimalParts", "newDecimalParts", "dimensionUnitPrice", mode="before")
+    @classmethod
+    def _null_maps(cls, value: Any) -> Any:
+        return _none_as_empty(value, {})
+
+
+class UsageRecordReport(ApiModel):
+    """One report of Suger's hourly job to a marketplace (``MeteringUsageRecordReport``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: str
+    entitlementID: str | None = None
+    entitlementTermID: str | None = None
+    buyerID: str | None = None
+    productID: str | None = None
+    partner: str | None = None
+    creationTime: OptionalTime = None
+    info: UsageRecordReportInfo = Field(default_factory=UsageRecordReportInfo)
+
+    @field_validator("info", mode="before")
+    @classmethod
+    def _null_info(cls, value: Any) -> Any:
+        return _none_as_empty(value, {})
+
+
+class UsageRecordAggregated(ApiModel):
+    """One row of ``usageRecordReport/aggregate`` (``UsageRecordAggregated``): a period's total of one
+    dimension."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    date: str
+    dimensionKey: str
+    quantity: Decimal
 
 
 @dataclass(frozen=True)

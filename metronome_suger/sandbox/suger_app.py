@@ -20,6 +20,17 @@ statuses a route's map leaves out. Choices where the spec is silent:
 * list ``limit`` outside 1..1000 or a non-integer ``limit``/``offset`` is 400;
 * without ``status`` every group is listed, DELETED ones too ("default no filter by status if not
   provided", ``metering_api.py`` list_usage_record_groups); a deleted group's id stays taken (409);
+* ``usageRecordReport`` (``metering_api.py`` list_usage_record_reports, answer
+  ``ListUsageRecordReportsResponse`` ``{"usageRecordReports", "nextOffset"}``): ``limit`` above 1000 is 400
+  like every list here (the SDK only says "max value is 1000"); ``partner``, ``buyerId`` and
+  ``entitlementId`` combine (unlike the group list, the SDK does not ask for one or none); the dates
+  (default: the 30 days up to today) select by the report's ``creationTime`` (UTC day);
+* ``usageRecordReport/aggregate`` (``metering_api.py`` aggregate_usage_record_reports, answer
+  ``List[UsageRecordAggregated]`` ``{"date", "dimensionKey", "quantity"}``): all four parameters are
+  required (the SDK makes them so); the spec names no ``granularity`` values: ``DAY`` (``date`` is
+  ``YYYY-MM-DD``) and ``MONTH`` (``YYYY-MM``), any other is 400; it sums ``info.reportedRecords`` of the
+  billed reports (``SUCCESS``/``INVOICED``, ``usage_record_report_status.py``) by the day of their
+  ``creationTime``;
 * a group for a CANCELLED entitlement is accepted when its ``timestamp`` is before the entitlement's
   ``endTime`` (the marketplaces take usage generated before a cancellation), refused otherwise.
 
@@ -43,9 +54,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from metronome_suger.sandbox.suger_ingest import prepare_group
-from metronome_suger.sandbox.suger_json import PARTNERS, SugerError
+from metronome_suger.sandbox.suger_json import PARTNERS, SugerError, render
 from metronome_suger.sandbox.suger_state import GROUP_SOURCES, GROUP_STATUSES, SugerState
 
+BILLED_REPORT_STATUSES = ("SUCCESS", "INVOICED")  # usage_record_report_status.py
+GRANULARITIES = {"DAY": 10, "MONTH": 7}  # → the length of the ``date`` prefix of the creation time
 Handler = Callable[[Request], Awaitable[Any]]
 _GROUP_SELECTORS = {"partner": "partner", "productId": "productID",
                     "entitlementId": "entitlementID", "buyerId": "buyerID"}
@@ -233,6 +246,48 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         page, next_offset = _page(request, found)
         return {"usageRecordGroups": page, "nextOffset": next_offset}
 
+    # -- usage record reports -----------------------------------------------------------------------
+    def date_window(request: Request, *, required: bool) -> tuple[str, str]:
+        start, end = _date_param(request, "startDate"), _date_param(request, "endDate")
+        if required and (start is None or end is None):
+            raise SugerError(400, "startDate and endDate are required (YYYY-MM-DD)")
+        end = end or state.now().date()
+        start = start or end - timedelta(days=30)  # "default is 30 days before the endDate"
+        if start > end:
+            raise SugerError(400, "startDate must not be after endDate")
+        return start.isoformat(), end.isoformat()
+
+    async def list_reports(request: Request) -> Any:
+        q = request.query_params
+        partner = _enum_param(request, "partner", PARTNERS)
+        start, end = date_window(request, required=False)
+        wanted = {"partner": partner, "buyerID": q.get("buyerId") or None,
+                  "entitlementID": q.get("entitlementId") or None}
+        found = [r for r in state.usage_record_reports()
+                 if start <= r["creationTime"][:10] <= end
+                 and all(v is None or r.get(k) == v for k, v in wanted.items())]
+        page, next_offset = _page(request, found)
+        return {"usageRecordReports": page, "nextOffset": next_offset}
+
+    async def aggregate_reports(request: Request) -> Any:
+        partner = _enum_param(request, "partner", PARTNERS)
+        granularity = (request.query_params.get("granularity") or "").upper()
+        if partner is None or granularity not in GRANULARITIES:
+            raise SugerError(400, f"partner and granularity ({', '.join(GRANULARITIES)}) are required")
+        start, end = date_window(request, required=True)
+        sums: dict[tuple[str, str], Decimal] = {}
+        for report in state.usage_record_reports():
+            info = report["info"]
+            if report["partner"] != partner or info.get("status") not in BILLED_REPORT_STATUSES:
+                continue
+            if not start <= report["creationTime"][:10] <= end:
+                continue
+            period = report["creationTime"][:GRANULARITIES[granularity]]
+            for key, qty in (info.get("reportedRecords") or {}).items():
+                sums[(period, key)] = sums.get((period, key), Decimal(0)) + Decimal(str(qty))
+        return [{"date": period, "dimensionKey": key, "quantity": render(qty)}
+                for (period, key), qty in sorted(sums.items())]
+
     def located_group(request: Request) -> str:
         """The path's group id, checked against the optional ``creationDate`` hint."""
         group_id = request.path_params["usageRecordGroupId"]
@@ -271,6 +326,8 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         ("POST", "batchCreateUsageRecordGroups", guarded(batch_create)),
         ("POST", "batchValidateUsageRecordGroups", guarded(batch_validate)),
         ("GET", "usageRecordGroup", guarded(list_groups)),
+        ("GET", "usageRecordReport", guarded(list_reports)),
+        ("GET", "usageRecordReport/aggregate", guarded(aggregate_reports)),
         ("DELETE", "usageRecordGroup/{usageRecordGroupId}", guarded(delete_group)),
         ("POST", "usageRecordGroup/{usageRecordGroupId}/retry", guarded(retry_group)),
         ("GET", "usageMeteringConfigInfo", guarded(get_config)),

@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from zoneinfo import ZoneInfo
 
 from metronome_suger.sandbox.suger_json import JsonDict, hour_floor, render
@@ -41,6 +41,7 @@ AWS_AFTER_DEPROVISIONING = timedelta(hours=1)  # remaining usage within 1 h of L
 AZURE_MAX_AGE = timedelta(hours=24)  # usage event: effectiveStartTime up to 24 hours old
 GCP_GRACE = timedelta(hours=1)  # within one hour of the end of the usage interval
 PACIFIC = ZoneInfo("America/Los_Angeles")
+WHOLE_UNIT_PARTNERS = ("AWS", "GCP")  # integer quantities, the fraction carried (see Forwarder._report)
 INJECTED_FAILURE = "the marketplace call failed (fault injected by fail_next_report)"
 
 
@@ -53,6 +54,32 @@ def gcp_month_cutoff(interval_start: datetime) -> datetime:
     local = interval_start.astimezone(PACIFIC)
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     return datetime(year, month, 1, 1, tzinfo=PACIFIC).astimezone(timezone.utc)
+
+
+def _marketplace_request(ent: JsonDict, report_id: str, records: dict[str, Decimal], stamp: datetime,
+                         start: datetime, end: datetime) -> JsonDict:
+    """The raw request of the marketplace call, in the SDK's models: AWS BatchMeterUsage
+    (``aws_marketplace_metering_batch_meter_usage_input.py``, ``aws_marketplace_metering_usage_record.py``),
+    Azure batchUsageEvent (``azure_marketplace_metering_batch_usage_event.py``) and GCP services.report
+    (``gcp_marketplace_metering_operation.py``, ``gcp_marketplace_metering_metric_value.py``). The record's
+    time is the earliest group ``timestamp`` the report carries (one record per dimension); the
+    emulator has no marketplace customer id, so the buyer id stands in for it."""
+    partner = ent["partner"]
+    if partner == "AWS":
+        return {"awsMeteringRequest": {"ProductCode": ent.get("productID"), "UsageRecords": [
+            {"CustomerIdentifier": ent.get("buyerID"), "Dimension": key, "Quantity": qty, "Timestamp": stamp}
+            for key, qty in records.items()]}}
+    if partner == "AZURE":
+        return {"azureMeteringRequest": {"request": [
+            {"resourceId": ent["id"], "planId": ent.get("offerID"), "dimension": key, "quantity": qty,
+             "effectiveStartTime": _iso(stamp)} for key, qty in records.items()]}}
+    return {"gcpMeteringRequest": {
+        "operationId": report_id, "operationName": "marketplace-metering",
+        "consumerId": f"project:{ent.get('buyerID')}",
+        "startTime": _iso(start), "endTime": _iso(end), "metricValueSets": [
+            {"metricName": f"{ent.get('productID')}/{key}",
+             "metricValues": [{"int64Value": str(int(qty)), "startTime": _iso(start), "endTime": _iso(end)}]}
+            for key, qty in records.items()]}}
 
 
 def marketplace_refusal(partner: str, timestamp: datetime, at: datetime,
@@ -116,6 +143,7 @@ class Forwarder:
         self._invalidate: dict[str, list[str]] = defaultdict(list)
         self._flagged: dict[str, str] = {}  # group id → why the next run marks it INVALID
         self._invalid_messages: dict[str, str] = {}
+        self._carry: dict[tuple[str, str], Decimal] = {}  # (entitlement, dimension) → decimal carry
 
     # -- test hooks -------------------------------------------------------------------------------
     def fail_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
@@ -227,20 +255,45 @@ class Forwarder:
 
     def _report(self, at: datetime, ent: JsonDict, groups: list[JsonDict],
                 message: str | None) -> JsonDict:
-        """A ``MeteringUsageRecordReport`` in the SDK's shape (the models named in the docstring)."""
+        """A ``MeteringUsageRecordReport`` in the SDK's shape (the models named in the docstring).
+
+        Every report says what the call asked the marketplace for, a refused one too (Suger keeps the
+        raw request of a failed call): ``info.reportedRecords`` and the marketplace's own request
+        (``metering_usage_record_report_info.py``: ``awsMeteringRequest``, ``azureMeteringRequest``,
+        ``gcpMeteringRequest``). AWS takes whole units (``aws_marketplace_metering_usage_record.py``:
+        ``Quantity`` is ``StrictInt``) and so does GCP (``gcp_marketplace_metering_metric_value.py``:
+        ``int64Value``): the fraction is carried to the entitlement's next report, ``decimalParts``
+        before and ``newDecimalParts`` after this one ("the decimal parts ... before / after this usage
+        record report", ``metering_usage_record_report_info.py``); only a SUCCESS report moves the
+        carry. Azure takes decimals (``azure_marketplace_metering_usage_event.py``: ``quantity`` is a
+        float): no carry. ``dimensionUnitPrice`` is each reported dimension's entitlement ``rate``."""
         starts = [hour_floor(g["metaInfo"]["timestamp"]) for g in groups]
+        stamp = min(g["metaInfo"]["timestamp"] for g in groups)
         info: JsonDict = {"status": "FAILED" if message else "SUCCESS", "partner": ent["partner"],
                           "startTime": min(starts), "endTime": max(starts) + HOUR,
                           "usageRecordGroupIds": [g["id"] for g in groups]}
         if message:
             info["message"] = message
+        totals: dict[str, Decimal] = defaultdict(Decimal)
+        for group in groups:
+            for key, qty in group["records"].items():
+                totals[key] += qty
+        if ent["partner"] in WHOLE_UNIT_PARTNERS:
+            before = {key: self._carry.get((ent["id"], key), Decimal(0)) for key in totals}
+            whole = {key: (qty + before[key]).to_integral_value(ROUND_FLOOR) for key, qty in totals.items()}
+            after = {key: totals[key] + before[key] - whole[key] for key in totals}
+            if not message:
+                self._carry.update({(ent["id"], key): part for key, part in after.items()})
+            info.update(reportedRecords=whole, decimalParts=before,
+                        newDecimalParts=after if not message else dict(before))
         else:
-            totals: dict[str, Decimal] = defaultdict(Decimal)
-            for group in groups:
-                for key, qty in group["records"].items():
-                    totals[key] += qty
             info["reportedRecords"] = dict(totals)
-        report = {"id": self._new_id(), "organizationID": self.org_id, "entitlementID": ent["id"],
+        rates = {d["key"]: d["rate"] for d in (ent.get("info") or {}).get("dimensions", [])}
+        info["dimensionUnitPrice"] = {key: rates[key] for key in totals if key in rates}
+        report_id = self._new_id()
+        info.update(_marketplace_request(ent, report_id, info["reportedRecords"], stamp,
+                                         info["startTime"], info["endTime"]))
+        report = {"id": report_id, "organizationID": self.org_id, "entitlementID": ent["id"],
                   "entitlementTermID": ent.get("entitlementTermID"), "buyerID": ent.get("buyerID"),
                   "productID": ent.get("productID"), "partner": ent["partner"], "creationTime": at,
                   "info": info}

@@ -491,3 +491,117 @@ def test_group_statuses_are_kept_verbatim(sandbox: Any, suger: SugerClient) -> N
     sandbox.suger.set_group_status(newer.id, "REPORT_QUEUED", unknown=True)  # a status Suger may add
     statuses = {g.id: g.status for g in suger.list_usage_record_groups()}
     assert statuses == {pending.id: "REPORT_PENDING", newer.id: "REPORT_QUEUED"}
+
+
+# -- usage record reports --------------------------------------------------------------------------
+
+
+def _forwarded(sb: Any, client: SugerClient, entitlement_id: str, qty: str) -> str:
+    """Report one group and run Suger's forwarder over it; the group id."""
+    group = _group(sb, entitlement_id, cpu_hour=Decimal(qty))
+    assert client.report_usage_record_group(group).outcome == "created"
+    assert sb.suger.run_forwarder() == [group.id]
+    return group.id
+
+
+def _report_offsets(sb: Any) -> list[int]:
+    calls = sb.suger_log.find("GET", f"/org/{sb.org_id}/usageRecordReport")
+    return [int(dict(p.split("=") for p in c.query.split("&"))["offset"]) for c in calls]
+
+
+def test_usage_record_reports_page_on_offset_and_filter(sandbox: Any, sleeper: RecordingSleep) -> None:
+    day = NOW.date()
+    with make_suger(sandbox, sleeper, page_limit=2) as client:
+        before = {r.id for r in client.list_usage_record_reports(start_date=day, end_date=day)}
+        ents = {partner: [_linked(sandbox, partner, f"{partner} {n}") for n in range(2)]
+                for partner in ("AWS", "AZURE")}
+        ent_ids = [e["id"] for pairs in ents.values() for _, e in pairs]
+        for ent_id in [*ent_ids, ent_ids[0]]:
+            _forwarded(sandbox, client, ent_id, "1.5")
+        sandbox.suger_log.clear()
+        listed = client.list_usage_record_reports(start_date=day, end_date=day)
+        assert len(listed) == len(before) + 5 and len({r.id for r in listed}) == len(listed)
+        assert _report_offsets(sandbox) == list(range(0, len(listed), 2))  # nextOffset 0 after the last
+        query = sandbox.suger_log.find("GET", f"/org/{sandbox.org_id}/usageRecordReport")[0].query
+        assert "startDate=2026-11-25" in query and "endDate=2026-11-25" in query and "limit=2" in query
+
+        mine = client.list_usage_record_reports(entitlement_id=ent_ids[0], start_date=day, end_date=day)
+        assert [r.entitlementID for r in mine] == [ent_ids[0], ent_ids[0]]
+        azure = client.list_usage_record_reports(partner="AZURE", start_date=day, end_date=day)
+        assert {r.entitlementID for r in azure} >= set(ent_ids[2:]) and {r.partner for r in azure} == {"AZURE"}
+        buyer_id = ents["AZURE"][1][0]["id"]
+        by_buyer = client.list_usage_record_reports(buyer_id=buyer_id, partner="AZURE", start_date=day, end_date=day)
+        assert [r.entitlementID for r in by_buyer] == [ent_ids[3]]
+        assert client.list_usage_record_reports(start_date=day - timedelta(days=3),
+                                                end_date=day - timedelta(days=1)) == []
+        with pytest.raises(ValueError, match="after"):
+            client.list_usage_record_reports(start_date=day, end_date=day - timedelta(days=1))
+
+
+def test_usage_record_report_quantities_are_exact_decimals(sandbox: Any, suger: SugerClient) -> None:
+    """AWS: whole units with the fraction carried report to report; Azure: decimals as reported."""
+    _, aws = _linked(sandbox, "AWS")
+    _, azure = _linked(sandbox, "AZURE")
+    first = _forwarded(sandbox, suger, aws["id"], "1.4")
+    second = _forwarded(sandbox, suger, aws["id"], "2.7")
+    _forwarded(sandbox, suger, azure["id"], "0.3")
+    day = NOW.date()
+    a1, a2 = suger.list_usage_record_reports(entitlement_id=aws["id"], start_date=day, end_date=day)
+    assert (a1.info.usageRecordGroupIds, a2.info.usageRecordGroupIds) == ([first], [second])
+    assert (a1.info.reportedRecords, a1.info.decimalParts, a1.info.newDecimalParts) == (
+        {"cpu_hour": Decimal(1)}, {"cpu_hour": Decimal(0)}, {"cpu_hour": Decimal("0.4")})
+    assert (a2.info.reportedRecords, a2.info.decimalParts, a2.info.newDecimalParts) == (
+        {"cpu_hour": Decimal(3)}, {"cpu_hour": Decimal("0.4")}, {"cpu_hour": Decimal("0.1")})
+    # nothing lost: billed whole units + what is still carried == what was reported
+    assert a1.info.reportedRecords["cpu_hour"] + a2.info.reportedRecords["cpu_hour"] + Decimal("0.1") == Decimal("4.1")
+    assert a1.info.dimensionUnitPrice == {"cpu_hour": Decimal("0.0125")}
+    assert isinstance(a1.info.dimensionUnitPrice["cpu_hour"], Decimal) and a1.info.status == "SUCCESS"
+    assert a1.info.startTime == NOW - HOUR and a1.info.endTime == NOW and a1.creationTime == NOW
+    assert a1.info.awsMeteringRequest is not None
+    assert a1.info.awsMeteringRequest["UsageRecords"][0]["Timestamp"] == "2026-11-25T13:00:00Z"
+    [z] = suger.list_usage_record_reports(entitlement_id=azure["id"], start_date=day, end_date=day)
+    assert z.info.reportedRecords == {"cpu_hour": Decimal("0.3")} and z.info.decimalParts == {}
+    assert z.info.azureMeteringRequest is not None and z.info.awsMeteringRequest is None
+
+    [aws_day] = suger.aggregate_usage_record_reports(partner="AWS", start_date=day, end_date=day)
+    assert (aws_day.date, aws_day.dimensionKey, aws_day.quantity) == ("2026-11-25", "cpu_hour", Decimal(4))
+    [azure_day] = suger.aggregate_usage_record_reports(partner="AZURE", start_date=day, end_date=day)
+    assert azure_day.quantity == Decimal("0.3")
+    with pytest.raises(BadRequestError, match="granularity"):
+        suger.aggregate_usage_record_reports(partner="AWS", granularity="WEEK", start_date=day, end_date=day)
+
+
+def test_a_repeated_offset_stops_the_report_listing_and_is_logged(
+    sandbox: Any, sleeper: RecordingSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    day = NOW.date()
+    with make_suger(sandbox, sleeper, page_limit=2) as client:
+        ent_ids = [_linked(sandbox, "AWS", f"Buyer {n}")[1]["id"] for n in range(4)]
+        for ent_id in ent_ids:
+            _forwarded(sandbox, client, ent_id, "1")
+        page = _raw_get(sandbox, "/usageRecordReport", limit=2, offset=0)
+        repeat = _raw_get(sandbox, "/usageRecordReport", limit=2, offset=2)
+        path = f"/org/{sandbox.org_id}/usageRecordReport"
+        # a server that answers offset 2 with nextOffset 2 again: stop, keep what was read, log it
+        sandbox.suger_faults.inject("respond", method="GET", path_prefix=path, status=200,
+                                    body=json.dumps(page), headers={"content-type": "application/json"})
+        sandbox.suger_faults.inject("respond", method="GET", path_prefix=path, status=200,
+                                    body=json.dumps({**repeat, "nextOffset": 2}),
+                                    headers={"content-type": "application/json"})
+        sandbox.suger_log.clear()
+        with caplog.at_level("WARNING", logger="metronome_suger.clients.suger"):
+            listed = client.list_usage_record_reports(start_date=day, end_date=day)
+        assert [r.id for r in listed] == [r["id"] for r in page["usageRecordReports"] + repeat["usageRecordReports"]]
+        assert _report_offsets(sandbox) == [0, 2]
+        assert "nextOffset 2, an offset already read" in caplog.text
+
+        # a server that ignores the offset (same page, advancing nextOffset): stops, each report once
+        caplog.clear()
+        for next_offset in (2, 4):
+            sandbox.suger_faults.inject("respond", method="GET", path_prefix=path, status=200,
+                                        body=json.dumps({**page, "nextOffset": next_offset}),
+                                        headers={"content-type": "application/json"})
+        with caplog.at_level("WARNING", logger="metronome_suger.clients.suger"):
+            again = client.list_usage_record_reports(start_date=day, end_date=day)
+        assert [r.id for r in again] == [r["id"] for r in page["usageRecordReports"]]
+        assert "repeated reports already read" in caplog.text and sandbox.suger_faults.pending() == 0

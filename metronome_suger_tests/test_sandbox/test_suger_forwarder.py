@@ -42,7 +42,7 @@ class Org:
     http: httpx.Client
     ents: dict[str, str]  # partner → entitlement id
 
-    def report(self, partner: str, timestamp: datetime, group_id: str, qty: int = 1) -> dict[str, Any]:
+    def report(self, partner: str, timestamp: datetime, group_id: str, qty: float = 1) -> dict[str, Any]:
         ent = self.ents[partner]
         body = {"id": group_id, "organizationID": ORG_ID, "entitlementID": ent,
                 "records": {"cpu_hour": qty}, "timestamp": z(timestamp)}
@@ -270,3 +270,98 @@ def test_invalidate_next_accepts_with_200_then_marks_invalid_at_the_next_run(org
     assert org.state.forwarder.invalid_message("invalid-later") == "dimension cpu_hour is not priced on the offer"
     deleted = org.http.delete(f"/org/{ORG_ID}/usageRecordGroup/invalid-later")  # INVALID can be deleted
     assert deleted.status_code == 200 and deleted.json()["status"] == "DELETED"
+
+
+# -- GET usageRecordReport and usageRecordReport/aggregate ----------------------------------------------
+def _reports(org: Org, **params: Any) -> httpx.Response:
+    return org.http.get(f"/org/{ORG_ID}/usageRecordReport", params=params)
+
+
+def test_report_routes_filter_page_and_refuse_bad_parameters(org: Org) -> None:
+    org.report("AWS", t(25, 12), "aws-1", qty=3)
+    org.report("AZURE", t(25, 12), "azure-1", qty=2)
+    org.report("GCP", t(25, 12, 30), "gcp-1", qty=5)
+    org.clock.set(t(25, 14, 5))  # the 14:00 run reports all three
+    assert _reports(org).json()["nextOffset"] == 0
+    everything = _reports(org).json()["usageRecordReports"]
+    assert {r["entitlementID"] for r in everything} == set(org.ents.values())
+    for name, value in [("partner", "AZURE"), ("entitlementId", org.ents["GCP"]),
+                        ("buyerId", everything[0]["buyerID"])]:
+        found = _reports(org, **{name: value}).json()["usageRecordReports"]
+        assert len(found) == 1 and value in (found[0]["partner"], found[0]["entitlementID"], found[0]["buyerID"])
+    assert _reports(org, partner="AWS", entitlementId=org.ents["GCP"]).json()["usageRecordReports"] == []
+    # dates select by the report's creationTime (UTC day), both ends inclusive
+    assert len(_reports(org, startDate="2026-11-25", endDate="2026-11-25").json()["usageRecordReports"]) == 3
+    assert _reports(org, startDate="2026-11-26", endDate="2026-11-30").json()["usageRecordReports"] == []
+    assert _reports(org, endDate="2026-11-24").json()["usageRecordReports"] == []
+    first = _reports(org, limit=2).json()
+    rest = _reports(org, limit=2, offset=2).json()
+    assert (len(first["usageRecordReports"]), first["nextOffset"]) == (2, 2)
+    assert (len(rest["usageRecordReports"]), rest["nextOffset"]) == (1, 0)
+    assert [r["id"] for r in first["usageRecordReports"] + rest["usageRecordReports"]] == [r["id"] for r in everything]
+    assert len(_reports(org, limit=1000).json()["usageRecordReports"]) == 3
+    for params, needle in [({"limit": 1001}, "limit must be between 1 and 1000"), ({"limit": 0}, "limit"),
+                           ({"offset": "x"}, "offset must be an integer"), ({"partner": "IBM"}, "partner"),
+                           ({"startDate": "2026-11-31"}, "startDate must be a date in YYYY-MM-DD"),
+                           ({"endDate": "25/11/2026"}, "endDate must be a date in YYYY-MM-DD"),
+                           ({"startDate": "2026-11-26", "endDate": "2026-11-25"}, "must not be after")]:
+        refused = _reports(org, **params)
+        assert refused.status_code == 400 and needle in refused.json(), (params, refused.text)
+
+
+def test_aggregate_sums_billed_whole_units_by_day_and_dimension(org: Org) -> None:
+    org.report("AWS", t(25, 12), "a", qty=3)
+    org.report("AWS", t(25, 7), "late", qty=10)  # refused at the 14:00 run: FAILED, not billed
+    org.report("AZURE", t(25, 12), "z", qty=2)
+    org.clock.set(t(25, 14, 5))
+    org.report("AWS", t(25, 14), "b", qty=4)
+    org.clock.set(t(26, 1, 5))  # the 15:00 run reports b on the 25th
+    org.report("AWS", t(26, 1), "c", qty=1)
+    org.clock.set(t(26, 2, 5))  # the 02:00 run on the 26th
+    assert org.report_of("late")["info"]["reportedRecords"] == {"cpu_hour": 10}  # what the refused call asked
+
+    def aggregate(**params: str) -> httpx.Response:
+        base = {"partner": "AWS", "granularity": "DAY", "startDate": "2026-11-25", "endDate": "2026-11-26"}
+        return org.http.get(f"/org/{ORG_ID}/usageRecordReport/aggregate", params={**base, **params})
+
+    assert aggregate().json() == [{"date": "2026-11-25", "dimensionKey": "cpu_hour", "quantity": 7},
+                                  {"date": "2026-11-26", "dimensionKey": "cpu_hour", "quantity": 1}]
+    assert aggregate(endDate="2026-11-25").json() == [{"date": "2026-11-25", "dimensionKey": "cpu_hour",
+                                                       "quantity": 7}]
+    assert aggregate(granularity="month").json() == [{"date": "2026-11", "dimensionKey": "cpu_hour", "quantity": 8}]
+    assert aggregate(partner="AZURE").json() == [{"date": "2026-11-25", "dimensionKey": "cpu_hour", "quantity": 2}]
+    for params, needle in [({"granularity": "WEEK"}, "granularity"), ({"partner": ""}, "partner"),
+                           ({"startDate": ""}, "startDate and endDate are required"),
+                           ({"endDate": "2026-02-30"}, "endDate must be a date")]:
+        refused = aggregate(**params)
+        assert refused.status_code == 400 and needle in refused.json(), (params, refused.text)
+
+
+def test_a_failed_report_keeps_the_carry_and_names_its_prices_and_request(org: Org) -> None:
+    """AWS and GCP take whole units: the fraction waits for the next SUCCESS report; a FAILED call
+    moves nothing. Azure takes the decimals as they are."""
+    for partner in ("AWS", "GCP", "AZURE"):
+        org.report(partner, t(25, 12), f"{partner}-1", qty=1.5)
+    org.state.fail_next_report(org.ents["AWS"])
+    org.clock.set(t(25, 14, 5))
+    for partner in ("AWS", "GCP", "AZURE"):
+        org.report(partner, t(25, 13), f"{partner}-2", qty=1.75)
+    org.clock.set(t(25, 15, 5))
+    assert {g["status"] for g in org.groups().values()} == {"REPORTED", "REPORT_FAILED"}  # the 15:00 run
+    info = {gid: org.report_of(gid)["info"] for gid in ("AWS-1", "AWS-2", "GCP-1", "GCP-2", "AZURE-2")}
+    assert info["AWS-1"]["status"] == "FAILED" and info["AWS-1"]["reportedRecords"] == {"cpu_hour": 1}
+    assert info["AWS-1"]["decimalParts"] == info["AWS-1"]["newDecimalParts"] == {"cpu_hour": 0}
+    assert (info["AWS-2"]["reportedRecords"], info["AWS-2"]["newDecimalParts"]) == ({"cpu_hour": 1}, {"cpu_hour": 0.75})
+    assert (info["GCP-1"]["reportedRecords"], info["GCP-1"]["newDecimalParts"]) == ({"cpu_hour": 1}, {"cpu_hour": 0.5})
+    assert (info["GCP-2"]["reportedRecords"], info["GCP-2"]["decimalParts"], info["GCP-2"]["newDecimalParts"]) == (
+        {"cpu_hour": 2}, {"cpu_hour": 0.5}, {"cpu_hour": 0.25})
+    assert info["AZURE-2"]["reportedRecords"] == {"cpu_hour": 1.75} and "decimalParts" not in info["AZURE-2"]
+    assert info["AWS-2"]["dimensionUnitPrice"] == {"cpu_hour": 0.25}
+    [aws_record] = info["AWS-2"]["awsMeteringRequest"]["UsageRecords"]
+    assert aws_record == {"CustomerIdentifier": org.report_of("AWS-2")["buyerID"], "Dimension": "cpu_hour",
+                          "Quantity": 1, "Timestamp": "2026-11-25T13:00:00Z"}
+    [metric_set] = info["GCP-2"]["gcpMeteringRequest"]["metricValueSets"]
+    assert metric_set["metricValues"][0]["int64Value"] == "2"
+    assert info["AZURE-2"]["azureMeteringRequest"]["request"][0]["effectiveStartTime"] == "2026-11-25T13:00:00Z"
+    parsed = MeteringUsageRecordReport.from_dict(org.report_of("GCP-2"))
+    assert parsed is not None and parsed.info is not None and parsed.info.gcp_metering_request is not None

@@ -18,21 +18,28 @@ from suger_sdk_python.api.metering_api import MeteringApi
 from suger_sdk_python.api.product_api import ProductApi
 from suger_sdk_python.exceptions import ApiException
 from suger_sdk_python.models import (
+    AwsMarketplaceMeteringBatchMeterUsageInput,
+    AwsMarketplaceMeteringUsageRecord,
     BuyerInfo,
     CreateUsageRecordGroupParams,
     EntitlementInfo,
     EntitlementTermInfo,
     IdentityBuyer,
     ListUsageRecordGroupsResponse,
+    ListUsageRecordReportsResponse,
     MeteringDimension,
     MeteringUsageRecordGroup,
     MeteringUsageRecordGroupMetaInfo,
+    MeteringUsageRecordReport,
+    MeteringUsageRecordReportInfo,
     NewUsageRecordGroup,
     PartnerUsageMeteringConfig,
     UpdateBuyerParams,
     UsageMeteringConfigInfo,
     UsageMeteringDimensionMappingValue,
+    UsageRecordAggregated,
     UsageRecordGroupSource,
+    UsageRecordReportStatus,
     WorkloadEntitlement,
     WorkloadEntitlementTerm,
     WorkloadMetaInfo,
@@ -309,3 +316,55 @@ def test_sdk_lists_by_source_and_reads_cancellation_and_pending_status(
     cancelled = EntitlementApi(sdk).get_entitlement(ORG, "ent-1")
     assert cancelled.status is not None and cancelled.status.value == "CANCELLED"
     assert cancelled.end_time == NOW
+
+
+def test_sdk_lists_and_aggregates_usage_record_reports(
+    sdk: ApiClient, http: httpx.Client, state: SugerState,
+) -> None:
+    """Both usageRecordReport routes through ``MeteringApi``: every field is the SDK's, the AWS
+    decimal carry moves across two reports, and the aggregate sums the whole units billed."""
+    assert _report(http, "r-1", 1.5).status_code == 200
+    state.run_forwarder()
+    assert _report(http, "r-2", 2.25).status_code == 200
+    state.run_forwarder()
+    raw = http.get(f"/org/{ORG}/usageRecordReport", params={"entitlementId": "ent-1"}).json()
+    assert_known_fields(ListUsageRecordReportsResponse, raw)
+    assert_known_fields(MeteringUsageRecordReport, raw["usageRecordReports"])
+    for item in raw["usageRecordReports"]:
+        assert_known_fields(MeteringUsageRecordReportInfo, item["info"])
+        assert_known_fields(AwsMarketplaceMeteringBatchMeterUsageInput, item["info"]["awsMeteringRequest"])
+        assert_known_fields(AwsMarketplaceMeteringUsageRecord, item["info"]["awsMeteringRequest"]["UsageRecords"])
+
+    metering = MeteringApi(sdk)
+    day = NOW.date().isoformat()
+    pages = [metering.list_usage_record_reports(ORG, entitlement_id="ent-1", start_date=day, end_date=day,
+                                                limit=1, offset=offset) for offset in (0, 1)]
+    assert all(isinstance(p, ListUsageRecordReportsResponse) for p in pages)
+    assert [p.next_offset for p in pages] == [1, 0]
+    first, second = [r for p in pages for r in p.usage_record_reports or []]
+    assert isinstance(first, MeteringUsageRecordReport) and first.info is not None and second.info is not None
+    assert (first.entitlement_id, first.buyer_id, first.partner) == ("ent-1", "buyer-1", "AWS")
+    assert first.info.status == UsageRecordReportStatus.UsageRecordReportStatus_SUCCESS
+    assert first.info.usage_record_group_ids == ["r-1"] and second.info.usage_record_group_ids == ["r-2"]
+    # 1.5 → 1 whole unit, 0.5 carried; 2.25 + 0.5 → 2, 0.75 carried (AWS Quantity is an integer)
+    assert (first.info.reported_records, first.info.decimal_parts, first.info.new_decimal_parts) == (
+        {"cpu_hour": 1}, {"cpu_hour": 0}, {"cpu_hour": 0.5})
+    assert (second.info.reported_records, second.info.decimal_parts, second.info.new_decimal_parts) == (
+        {"cpu_hour": 2}, {"cpu_hour": 0.5}, {"cpu_hour": 0.75})
+    assert first.info.dimension_unit_price == {"cpu_hour": 0.25}
+    eleven = datetime(2026, 11, 25, 11, tzinfo=timezone.utc)
+    assert (first.info.start_time, first.info.end_time) == (eleven, datetime(2026, 11, 25, 12, tzinfo=timezone.utc))
+    aws = first.info.aws_metering_request
+    assert aws is not None and aws.usage_records is not None
+    [record] = aws.usage_records
+    assert (record.dimension, record.quantity, record.timestamp) == ("cpu_hour", 1, eleven)
+
+    aggregated = metering.aggregate_usage_record_reports(ORG, "AWS", "DAY", day, day)
+    assert aggregated == [UsageRecordAggregated(date=day, dimensionKey="cpu_hour", quantity=3)]
+    assert metering.aggregate_usage_record_reports(ORG, "AZURE", "DAY", day, day) == []
+    for call in (lambda: metering.list_usage_record_reports(ORG, limit=1001),
+                 lambda: metering.list_usage_record_reports(ORG, start_date="2026-11-31"),
+                 lambda: metering.aggregate_usage_record_reports(ORG, "AWS", "WEEK", day, day)):
+        with pytest.raises(ApiException) as refused:
+            call()
+        assert refused.value.status == 400 and isinstance(json.loads(refused.value.body or ""), str)
