@@ -56,6 +56,15 @@ class Played:
     def check(self, name: str) -> dg.AssetCheckEvaluation:
         return next(e for e in self.result.get_asset_check_evaluations() if e.check_name == name)
 
+    def ended_as(self, fails: tuple[str, ...], expand: Callable[[str], str]) -> None:
+        """The run failed with every fragment of ``fails`` (names filled by ``expand``), or succeeded if none."""
+        if not fails:
+            assert self.result.success, self.failure
+            return
+        assert not self.result.success
+        for fragment in fails:
+            assert expand(fragment) in self.failure
+
     def metadata(self, asset: str) -> dict[str, Any]:
         [event] = self.result.asset_materializations_for_node(asset)
         return {k: v.value for k, v in event.metadata.items()}
