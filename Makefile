@@ -1,7 +1,8 @@
 # Two commands for a fresh checkout: `make demo` and `make test`. Both create .venv when it is missing
 # and refresh it when pyproject.toml changed (the stamp file records the last install). `make test` also makes sure
 # PostgreSQL's server programs exist (scripts/ensure-postgres.sh installs Debian's when missing): the suite starts
-# its own throwaway server with them.
+# its own throwaway server with them. pytest runs on two workers (pytest-xdist): the slow end-to-end suites wait on
+# subprocesses, HTTP and PostgreSQL much of the time.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
