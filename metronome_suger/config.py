@@ -61,10 +61,15 @@ class _Strict(BaseModel):
 def _check_base_url(url: str) -> str:
     """https everywhere; plain http only to loopback (the sandbox), so tokens never cross a network."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # checked first, and the URL never echoed: it may hold a secret
+        raise ValueError("must not carry credentials (user:password@host): the token comes from the environment "
+                         "variable the configuration names")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment (a token there would be logged)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s) URL, got {url!r}")
+        raise ValueError(f"must be an http(s) URL with a host, got scheme {parts.scheme or 'none'!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(f"must use https:// (http:// is allowed only for loopback hosts), got {url!r}")
+        raise ValueError(f"must use https:// (http:// is allowed only for loopback hosts), got http://{parts.hostname}")
     return url.rstrip("/")
 
 

@@ -21,6 +21,9 @@ from metronome_suger.sandbox.server import Sandbox
 from metronome_suger.storage.db import Database, connect
 from metronome_suger_tests.postgres import PostgresNotFoundError, PostgresServer
 
+# The secrets scan after the whole suite (files, databases, outputs, Dagster events): see secret_scan.py.
+pytest_plugins = ["metronome_suger_tests.secret_scan"]
+
 warnings.filterwarnings("ignore", module="dagster")
 
 # Mid-afternoon UTC; tests build their own data around it.
@@ -58,7 +61,9 @@ class Pipeline:
         self.sandbox = sandbox
         self.db_path = tmp_path / "data" / "metronome_suger.duckdb"
         self.backend = "postgres" if ledger else "duckdb"
-        self.instance = dg.DagsterInstance.ephemeral()
+        from metronome_suger_tests.secret_scan import watch_instance  # here: the plugin is imported by pytest
+
+        self.instance = watch_instance(dg.DagsterInstance.ephemeral())  # its events are scanned for secrets
         for name, value in sandbox.env().items():
             monkeypatch.setenv(name, value)
         storage: dict[str, Any] = {"duckdb_path": str(self.db_path)}

@@ -37,7 +37,7 @@ class MetronomeResource(_ApiResource):
     """Metronome API access (``Authorization: Bearer``)."""
 
     base_url: str = Field(description="Metronome API base URL")
-    api_token: str = Field(description="Metronome API token; pass dg.EnvVar(<name>)")
+    api_token: str = Field(description="Metronome API token; pass dg.EnvVar(<name>)", repr=False)
 
     def get_client(self) -> MetronomeClient:
         return MetronomeClient(self.base_url, self.api_token, max_workers=self.max_workers, **self._options())
@@ -48,7 +48,7 @@ class SugerResource(_ApiResource):
 
     base_url: str = Field(description="Suger API base URL")
     org_id: str = Field(description="Suger organization id")
-    api_key: str = Field(description="Suger API key; pass dg.EnvVar(<name>)")
+    api_key: str = Field(description="Suger API key; pass dg.EnvVar(<name>)", repr=False)
 
     def get_client(self) -> SugerClient:
         return SugerClient(self.base_url, self.org_id, self.api_key, **self._options())
@@ -61,7 +61,8 @@ class SafeDuckDBResource(DuckDBResource):
 
     read_only: bool = Field(default=False, description="Open the file read-only")
     lock_timeout: float = Field(default=120.0, description="Seconds to wait for another process's file lock")
-    password: str | None = Field(default=None, description="PostgreSQL password; pass dg.EnvVar(<name>)")
+    password: str | None = Field(default=None, description="PostgreSQL password; pass dg.EnvVar(<name>)",
+                                 repr=False)
 
     @property
     def target(self) -> Database:
