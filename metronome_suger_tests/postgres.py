@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import os
 import pwd
 import re
@@ -27,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
+
+from metronome_suger.storage.postgres import extension_path
 
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SUPERUSER = "postgres"
@@ -90,19 +91,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def postgres_extension_path() -> Path:
-    """DuckDB's postgres extension binary inside the ``duckdb-extension-postgres-scanner`` wheel."""
-    import duckdb
-
-    spec = importlib.util.find_spec("duckdb_extension_postgres_scanner")
-    if spec is None or spec.origin is None:
-        raise PostgresNotFoundError("the duckdb-extension-postgres-scanner package is not installed")
-    path = Path(spec.origin).parent / "extensions" / f"v{duckdb.__version__}" / "postgres_scanner.duckdb_extension"
-    if not path.is_file():
-        raise PostgresNotFoundError(f"no postgres extension for DuckDB {duckdb.__version__} at {path}")
-    return path
-
-
 def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -114,7 +102,7 @@ def attach_postgres(conn: Any, url: str, password: str, *, alias: str = "pg") ->
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres") or parts.password is not None:
         raise ValueError("expected postgresql://user@host:port/db without a password")
-    conn.execute(f"LOAD {_sql_literal(str(postgres_extension_path()))}")
+    conn.execute(f"LOAD {_sql_literal(str(extension_path()))}")  # the product's own lookup
     options = {
         "HOST": parts.hostname or HOST,
         "PORT": str(parts.port or 5432),
