@@ -187,3 +187,23 @@ def postgres_ledger(postgres_server: PostgresServer) -> Iterator[PostgresLedger]
         yield PostgresLedger(url=url, password=postgres_server.password, name=name, server=postgres_server)
     finally:
         postgres_server.drop_database(name)
+
+
+# --- Scheduling: the long modules first on each of make test's two workers --------------------------------------------
+
+# pytest-xdist's worksteal scheduler gives each worker one contiguous half of the collection and lets an idle worker
+# steal from the other's tail. The long end-to-end modules (minutes each) go first in each half, in two groups of about
+# equal length, so neither worker ends the session alone on one of them.
+LONG_MODULES = (("test_dagster_on_postgres.py", "test_fault_matrix.py"), ("test_soak.py", "test_crash.py"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    groups: list[list[pytest.Item]] = [[] for _ in LONG_MODULES]
+    rest: list[pytest.Item] = []
+    for item in items:
+        home = next((i for i, names in enumerate(LONG_MODULES) if item.path.name in names), None)
+        (rest if home is None else groups[home]).append(item)
+    first, second = (sorted(group, key=lambda item, names=names: names.index(item.path.name))  # type: ignore[misc]
+                     for group, names in zip(groups, LONG_MODULES, strict=True))
+    cut = max(0, len(items) // 2 - len(first))
+    items[:] = first + rest[:cut] + second + rest[cut:]
