@@ -48,10 +48,16 @@ def _process_gone(holder: str | None) -> bool:
     if not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
     try:
+        os.kill(int(pid_text), 0)  # signal 0: does the process exist (any OS)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    try:  # a killed child its parent has not reaped yet still exists, as a zombie (Linux /proc)
         with open(f"/proc/{pid_text}/stat", encoding="ascii") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
-        return True  # no such process
+        return False  # no /proc: it exists, so it is alive
 
 
 def _try(connect: Connect, key: str, holder: str, lease: timedelta) -> tuple[bool, str | None, datetime | None]:
