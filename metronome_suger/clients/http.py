@@ -15,7 +15,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
@@ -475,7 +475,7 @@ def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, max_workers: int = 
 
 def iter_bounded(
     fn: Callable[[T], R], items: Iterable[T], *, max_workers: int
-) -> Iterator[tuple[T, R | BaseException]]:
+) -> Generator[tuple[T, R | BaseException], None, None]:
     """Run ``fn`` over ``items`` on at most ``max_workers`` threads and yield ``(item, result)`` as
     each call completes (completion order), so the caller can act on each answer as it arrives.
 
@@ -490,7 +490,7 @@ def iter_bounded(
 
 def _as_completed(
     fn: Callable[[T], R], todo: Iterator[T], max_workers: int
-) -> Iterator[tuple[T, R | BaseException]]:
+) -> Generator[tuple[T, R | BaseException], None, None]:
     running: dict[Future[R], T] = {}
     with _bounded_pool(max_workers) as pool:
         try:

@@ -7,6 +7,8 @@ keeps going through empty pages and refuses to loop on a repeated cursor.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from metronome_suger.clients.http import (
     JsonApiClient,
     auth_header,
     check_paging,
+    iter_bounded,
     map_bounded,
     path_segment,
 )
@@ -32,7 +35,7 @@ from metronome_suger.clients.metronome_models import (
     Invoice,
     UsageRow,
 )
-from metronome_suger.clients.paging import Page, PageShapeError
+from metronome_suger.clients.paging import Page, PageShapeError, paginate
 from metronome_suger.clients.retry import RetryPolicy
 from metronome_suger.clients.types import format_rfc3339, require_aware
 
@@ -59,6 +62,56 @@ def day_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     floor = start.replace(hour=0, minute=0, second=0, microsecond=0)
     ceil = end.replace(hour=0, minute=0, second=0, microsecond=0)
     return floor, ceil if ceil == end else ceil + timedelta(days=1)
+
+
+# Customers per usage shard: enough shards to keep every worker busy to the end (4 per worker), at least
+# ~5 pages each (a shard's last page is partly empty), and at most 100 ids, since the body with its
+# customer_ids travels with every page of the shard.
+SHARDS_PER_WORKER = 4
+MIN_SHARD_ROWS = 500
+MAX_SHARD_CUSTOMERS = 100
+HOURS_PER_DAY = 24
+
+
+def usage_shards(customer_ids: Sequence[str], metrics: int, workers: int) -> list[list[str]]:
+    """``customer_ids`` (each once, order kept) cut into the shards one ``POST /v1/usage`` cursor each reads."""
+    unique = list(dict.fromkeys(customer_ids))
+    by_balance = math.ceil(len(unique) / (SHARDS_PER_WORKER * workers))
+    by_pages = math.ceil(MIN_SHARD_ROWS / (max(metrics, 1) * HOURS_PER_DAY))
+    size = max(1, min(MAX_SHARD_CUSTOMERS, max(by_balance, by_pages)))
+    return [unique[i:i + size] for i in range(0, len(unique), size)]
+
+
+class _Stopped(Exception):
+    """Another shard failed: this one stops reading (its result is never used)."""
+
+
+class _Overlap:
+    """Does a raw usage row (before validation) overlap ``[start, end)``? Rows whose timestamps do not
+    parse are kept, so validation names them; parsed timestamps are cached (a day has 24 of each)."""
+
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end
+        self._parsed: dict[str, datetime | None] = {}
+
+    def _time(self, value: Any) -> datetime | None:
+        if not isinstance(value, str):
+            return None
+        if value not in self._parsed:
+            try:
+                parsed: datetime | None = datetime.fromisoformat(value)
+            except ValueError:
+                parsed = None
+            self._parsed[value] = parsed if parsed is not None and parsed.tzinfo is not None else None
+        return self._parsed[value]
+
+    def __call__(self, item: Any) -> bool:
+        if not isinstance(item, Mapping):
+            return True
+        row_start, row_end = self._time(item.get("start_timestamp")), self._time(item.get("end_timestamp"))
+        if row_start is None or row_end is None:
+            return True
+        return row_end > self.start and row_start < self.end
 
 
 @dataclass(frozen=True)
@@ -217,6 +270,65 @@ class MetronomeClient(JsonApiClient):
         if not widened:
             return rows
         return (r for r in rows if r.start_timestamp >= start and r.end_timestamp <= end)
+
+    def iter_usage_overlapping(
+        self,
+        *,
+        starting_on: datetime,
+        ending_before: datetime,
+        customer_ids: Sequence[str] | None,
+        billable_metric_ids: Sequence[str],
+    ) -> Iterator[list[UsageRow]]:
+        """The HOUR rows overlapping ``[starting_on, ending_before)``, in batches as they arrive.
+
+        Metronome answers whole UTC days, so an hourly window costs the day's pages: the customers are
+        split into shards (:func:`usage_shards`), one cursor per shard, at most ``max_workers`` cursors
+        at once, and each page's rows wholly outside the hours are dropped before model validation (an
+        hour's window validates 1/24 of what it reads). A row that only partly overlaps is kept, so the
+        caller can refuse it by name. A shard's batch arrives when its cursor ends; the first failure
+        is raised once the running shards stopped. ``customer_ids`` None: one cursor over all customers.
+        """
+        start = require_aware(starting_on, "starting_on")
+        end = require_aware(ending_before, "ending_before")
+        if end <= start:
+            raise ValueError("ending_before must be after starting_on")
+        metrics = list(dict.fromkeys(billable_metric_ids))
+        if not metrics or (customer_ids is not None and not customer_ids):
+            return
+        query_start, query_end = day_bounds(start, end)
+        base = {"starting_on": format_rfc3339(query_start), "ending_before": format_rfc3339(query_end),
+                "window_size": "HOUR", "billable_metrics": [{"id": m} for m in metrics]}
+        keep, stop = _Overlap(start, end), threading.Event()
+
+        def read_shard(shard: list[str] | None) -> list[UsageRow]:
+            body = base if shard is None else {**base, "customer_ids": shard}
+            kept: list[UsageRow] = []
+
+            def fetch(position: dict[str, Any]) -> Any:
+                if stop.is_set():
+                    raise _Stopped
+                return self.request("POST", "/v1/usage", params=position, json=body)
+
+            def fail(what: str) -> Exception:
+                return self.malformed("POST", "/v1/usage", what)
+
+            for items in paginate(self._pages(send_limit=False), fetch, fail):
+                wanted = [item for item in items if keep(item)]
+                if wanted:
+                    page: list[UsageRow] = self.parse_model(_USAGE, wanted, "POST", "/v1/usage", loc_prefix="data")
+                    kept.extend(page)
+            return kept
+
+        shards = [None] if customer_ids is None else usage_shards(customer_ids, len(metrics), self.max_workers)
+        answers = iter_bounded(read_shard, shards, max_workers=self.max_workers)
+        try:
+            for _, answer in answers:
+                if isinstance(answer, BaseException):
+                    raise answer
+                yield answer
+        finally:
+            stop.set()  # the running shards stop after their current page
+            answers.close()
 
     def list_usage(
         self,

@@ -7,6 +7,7 @@ so the project's client and the official SDK can both be tested against it.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +35,7 @@ from metronome_suger.sandbox.metronome_http import (
 )
 from metronome_suger.sandbox.metronome_state import MetronomeState
 from metronome_suger.sandbox.metronome_usage_routes import ingest, usage, usage_groups
-from metronome_suger.sandbox.wire import DAY, HOUR, parse_rfc3339
+from metronome_suger.sandbox.wire import DAY, HOUR
 
 DEFAULT_LIMIT = 25
 
@@ -74,16 +75,24 @@ async def list_customers(request: Request) -> JSONResponse:
     alias = request.query_params.get("ingest_alias")
     if ids is not None and len(ids) > 100:
         raise bad_request("customer_ids accepts at most 100 ids")
-    items = [
-        c
-        for c in state_of(request).customers()
-        if (c["archived_at"] is not None) == only_archived
-        and (ids is None or c["id"] in ids)
-        and (sf_ids is None or c["customer_config"]["salesforce_account_id"] in sf_ids)
-        and (alias is None or alias in c["ingest_aliases"])
-    ]
-    data, cursor = page_of(request, items, kind="customers", limit=limit)
-    return JSONResponse({"data": data, "next_page": cursor})
+    wanted = None if ids is None else set(ids)
+
+    def keep(c: dict[str, Any]) -> bool:
+        return (
+            (c["archived_at"] is not None) == only_archived
+            and (wanted is None or c["id"] in wanted)
+            and (sf_ids is None or c["customer_config"]["salesforce_account_id"] in sf_ids)
+            and (alias is None or alias in c["ingest_aliases"])
+        )
+
+    state = state_of(request)
+    # Filter the stored records, page their ids, copy only the page.
+    if ids is None and sf_ids is None and alias is None:
+        found: Sequence[str] = state.customer_ids_view(archived=only_archived)
+    else:
+        found = state.customer_ids_where(keep)
+    page, cursor = page_of(request, found, kind="customers", limit=limit)
+    return JSONResponse({"data": state.get_customers(page), "next_page": cursor})
 
 
 async def get_customer(request: Request) -> JSONResponse:
@@ -154,17 +163,18 @@ async def list_invoices(request: Request) -> JSONResponse:
     starting_on = query_time(request, "starting_on", required=False)
     ending_before = query_time(request, "ending_before", required=False)
     skip_zero = query_bool(request, "skip_zero_qty_line_items")
-    items = [
-        inv
-        for inv in state_of(request).invoices(customer["id"], skip_zero_qty_line_items=skip_zero)
-        if (status is None or inv["status"] == status.upper())
-        and (credit_type_id is None or inv["credit_type"]["id"] == credit_type_id)
-        and (invoice_type is None or inv["type"] == invoice_type.upper())
-        and (starting_on is None or parse_rfc3339(inv["start_timestamp"]) >= starting_on)
-        and (ending_before is None or parse_rfc3339(inv["end_timestamp"]) <= ending_before)
-    ]
-    items.sort(key=lambda inv: inv["issued_at"], reverse=sort == "date_desc")
-    data, cursor = page_of(request, items, kind="invoices", limit=limit)
+    state = state_of(request)
+    ids = state.find_invoices(
+        customer["id"],
+        status=None if status is None else status.upper(),
+        credit_type_id=credit_type_id,
+        invoice_type=None if invoice_type is None else invoice_type.upper(),
+        starting_on=starting_on,
+        ending_before=ending_before,
+        descending=sort == "date_desc",
+    )
+    page, cursor = page_of(request, ids, kind="invoices", limit=limit)
+    data = state.render_invoices(page, skip_zero_qty_line_items=skip_zero)
     return JSONResponse({"data": data, "next_page": cursor})
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 import uuid
 from abc import abstractmethod
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +25,12 @@ from metronome_suger.sandbox.metronome_invoices import (
 from metronome_suger.sandbox.wire import add_months, fmt, month_start, require_utc, to_decimal
 
 
+def _served(dt: datetime) -> datetime:
+    """`dt` as a client reads it back from `fmt` (UTC, milliseconds)."""
+    dt = dt.astimezone(timezone.utc)
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
 class InvoicesMixin:
     """Invoices: explicit, monthly (created as months begin), credits, explicit totals, void."""
 
@@ -33,6 +40,10 @@ class InvoicesMixin:
     _customers: dict[str, dict[str, Any]]
     _invoices: dict[str, InvoiceRecord]
     _monthly: list[tuple[str, dict[str, str], timedelta, datetime]]
+    # Invoice ids per customer, in creation order (a listing reads one customer's, not all).
+    _by_customer: dict[str, list[str]]
+    # (len(_monthly), month) of the last materialization: nothing new appears until either grows.
+    _materialized: tuple[int, datetime] | None
 
     @abstractmethod
     def new_id(self) -> str: ...
@@ -56,8 +67,12 @@ class InvoicesMixin:
         created_at: datetime | None = None,
         regenerated_from: str | None = None,
         corrects: str | None = None,
+        totals: Iterable[tuple[datetime, Decimal | int]] | None = None,
     ) -> dict[str, Any]:
         """Add an invoice priced from usage (until `set_invoice_total` gives it a timeline).
+
+        `totals` are `set_invoice_total` calls made before the invoice is first rendered (pricing
+        a new invoice from a month of usage is what makes adding many of them slow).
 
         `regenerated_from` names the invoice this one re-issues (rendered as
         `regenerated_from_invoice_id`; `void_invoice(reissue=True)` sets it for a re-issue of the
@@ -82,7 +97,9 @@ class InvoicesMixin:
                 invoice_id, customer_id, start, end, type, dict(credit_type), grace, created,
                 regenerated_from=regenerated_from, corrects=corrects,
             )
-            self._invoices[invoice_id] = record
+            self._store(record)
+            for effective_at, total_cents in totals or ():
+                self.set_invoice_total(invoice_id, total_cents, effective_at=effective_at)
             return self._render(record)
 
     def add_monthly_invoices(
@@ -111,15 +128,26 @@ class InvoicesMixin:
         """Derived, not drawn from the generator: creation order cannot change it."""
         return str(uuid.uuid5(self._id_ns, f"{customer_id}|{credit_type_id}|{fmt(month)}"))
 
+    def _store(self, record: InvoiceRecord) -> None:
+        self._invoices[record.id] = record
+        self._by_customer.setdefault(record.customer_id, []).append(record.id)
+
     def _materialize(self) -> None:
-        """Create the monthly invoices whose month has begun (ids derived: order-free)."""
+        """Create the monthly invoices whose month has begun (ids derived: order-free).
+
+        What exists depends only on the registrations and the latest month start <= now, so this
+        is a no-op (not a pass over every customer) until one of them grows."""
         now = self.clock.now()
+        mark = (len(self._monthly), month_start(now))
+        done = self._materialized
+        if done is not None and mark[0] == done[0] and mark[1] <= done[1]:
+            return
         for customer_id, credit_type, grace, first in self._monthly:
             month = first
             while month <= now:
                 invoice_id = self._monthly_id(customer_id, credit_type["id"], month)
                 if invoice_id not in self._invoices:
-                    self._invoices[invoice_id] = InvoiceRecord(
+                    self._store(InvoiceRecord(
                         invoice_id,
                         customer_id,
                         month,
@@ -128,8 +156,9 @@ class InvoicesMixin:
                         dict(credit_type),
                         grace,
                         month,
-                    )
+                    ))
                 month = add_months(month, 1)
+        self._materialized = mark if done is None else (mark[0], max(mark[1], done[1]))
 
     def set_invoice_total(
         self, invoice_id: str, total_cents: Decimal | int, *, effective_at: datetime
@@ -185,7 +214,7 @@ class InvoicesMixin:
                 regenerated_from=record.id,
             )
             record.reissued_as = new.id
-            self._invoices[new.id] = new
+            self._store(new)
             return self._render(new)
 
     def get_invoice(
@@ -208,9 +237,52 @@ class InvoicesMixin:
             now = self.clock.now()
             return [
                 self._render(r, skip_zero_qty_line_items=skip_zero_qty_line_items)
-                for r in self._invoices.values()
-                if r.customer_id == customer_id and r.visible(now)
+                for r in self._customer_invoices(customer_id)
+                if r.visible(now)
             ]
+
+    def find_invoices(
+        self,
+        customer_id: str,
+        *,
+        status: str | None = None,
+        credit_type_id: str | None = None,
+        invoice_type: str | None = None,
+        starting_on: datetime | None = None,
+        ending_before: datetime | None = None,
+        descending: bool = False,
+    ) -> list[str]:
+        """Ids of the customer's visible invoices that pass the listing's filters, sorted by
+        `issued_at` as rendered (stable): decided on the records, so only a page is rendered.
+        The period bounds compare as served, i.e. at millisecond precision."""
+        with self._lock:
+            self._materialize()
+            now = self.clock.now()
+            found = [
+                r
+                for r in self._customer_invoices(customer_id)
+                if r.visible(now)
+                and (status is None or r.status(now) == status)
+                and (credit_type_id is None or r.credit_type["id"] == credit_type_id)
+                and (invoice_type is None or r.type == invoice_type)
+                and (starting_on is None or _served(r.period_start) >= starting_on)
+                and (ending_before is None or _served(r.period_end) <= ending_before)
+            ]
+            found.sort(key=lambda r: fmt(r.issued_at()) or "", reverse=descending)
+            return [r.id for r in found]
+
+    def render_invoices(
+        self, invoice_ids: list[str], *, skip_zero_qty_line_items: bool = False
+    ) -> list[dict[str, Any]]:
+        """These invoices as of now, in the order given."""
+        with self._lock:
+            return [
+                self._render(self._invoice(i), skip_zero_qty_line_items=skip_zero_qty_line_items)
+                for i in invoice_ids
+            ]
+
+    def _customer_invoices(self, customer_id: str) -> list[InvoiceRecord]:
+        return [self._invoices[i] for i in self._by_customer.get(customer_id, ())]
 
     def invoice_total(self, invoice_id: str, *, as_of: datetime | None = None) -> Decimal:
         """Exact total (credit-type units) as it would be served at `as_of` (default: now)."""
@@ -234,12 +306,12 @@ class InvoicesMixin:
             self._materialize()
             now = self.clock.now()
             out = []
+            records = self._customer_invoices(customer_id)
             for start, end in windows:
-                for record in self._invoices.values():
+                for record in records:
                     current = record.status(now)
                     if (
-                        record.customer_id != customer_id
-                        or not record.visible(now)
+                        not record.visible(now)
                         or current == "VOID"
                         or (status is not None and current != status)
                         or (

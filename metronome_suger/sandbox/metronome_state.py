@@ -12,7 +12,7 @@ import copy
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,35 +20,37 @@ from typing import Any
 from metronome_suger.sandbox.clock import SandboxClock
 from metronome_suger.sandbox.metronome_invoice_state import InvoicesMixin
 from metronome_suger.sandbox.metronome_invoices import InvoiceRecord, PricedMetric
-from metronome_suger.sandbox.metronome_usage import (
-    AGGREGATION_TYPES,
-    aggregate,
-    combine_hour,
-    event_amount,
-    event_matches,
-)
-from metronome_suger.sandbox.wire import (
-    HOUR,
-    floor_hour,
-    fmt,
-    parse_rfc3339,
-    require_utc,
-    to_decimal,
-)
+from metronome_suger.sandbox.metronome_usage import AGGREGATION_TYPES
+from metronome_suger.sandbox.metronome_usage_state import HourKey, UsageGenerator, UsageMixin
+from metronome_suger.sandbox.wire import fmt, require_utc, to_decimal
 
-UsageGenerator = Callable[[datetime], "Decimal | int | None"]
-HourKey = tuple[str, str, datetime]
-_MISSING = object()
+__all__ = ["MetronomeState", "UsageGenerator"]
 
 
-def _hour(dt: datetime, what: str) -> datetime:
-    dt = require_utc(dt, what)
-    if dt != floor_hour(dt):
-        raise ValueError(f"{what} must be aligned to a UTC hour, got {dt.isoformat()}")
-    return dt
+def _json_copy(value: Any) -> Any:
+    """`copy.deepcopy` of JSON-like data (dicts and lists of immutable leaves), several times
+    faster: metrics are copied on every listing."""
+    if type(value) is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_json_copy(v) for v in value]
+    if isinstance(value, (str, int, float, Decimal, datetime)) or value is None:
+        return value
+    return copy.deepcopy(value)
 
 
-class MetronomeState(InvoicesMixin):
+def _copy_customer(record: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of a stored customer (its nested values are one level deep): as
+    `copy.deepcopy`, ~20x faster, which matters on every listed page."""
+    return {
+        **record,
+        "ingest_aliases": list(record["ingest_aliases"]),
+        "customer_config": dict(record["customer_config"]),
+        "custom_fields": dict(record["custom_fields"]),
+    }
+
+
+class MetronomeState(UsageMixin, InvoicesMixin):
     """Customers, billable metrics, hourly usage, ingested events and invoices."""
 
     def __init__(self, clock: SandboxClock, *, seed: int = 0) -> None:
@@ -61,13 +63,23 @@ class MetronomeState(InvoicesMixin):
         self._prices: dict[str, Decimal] = {}
         self._usage: dict[HourKey, Decimal | None] = {}
         self._generators: dict[tuple[str, str], UsageGenerator] = {}
-        self._generated: dict[HourKey, Decimal | None] = {}
+        # Generated values by (customer, metric), then UTC day, in 24 hourly slots (a day of
+        # 10,000 customers × 20 metrics is 4.8M values: a dict entry each cost ~1 GB); instants
+        # that are not whole hours by (customer, metric), then instant. A generator change drops
+        # its pair.
+        self._generated: dict[tuple[str, str], dict[int, list[Any]]] = {}
+        self._generated_odd: dict[tuple[str, str], dict[datetime, Decimal | None]] = {}
+        self._aliases: dict[str, str] = {}  # ingest alias -> customer id (aliases are unique)
+        self._archived: set[str] = set()  # archived customers (none is ever un-archived)
+        self._id_tuple: tuple[str, ...] = ()  # customer ids, rebuilt when one is added
         self._ingested: dict[HourKey, Decimal] = {}
         self._unique: dict[HourKey, set[str]] = {}
         self._latest_at: dict[HourKey, datetime] = {}
         self._events: dict[str, dict[str, Any]] = {}
         self._invoices: dict[str, InvoiceRecord] = {}
+        self._by_customer: dict[str, list[str]] = {}
         self._monthly: list[tuple[str, dict[str, str], timedelta, datetime]] = []
+        self._materialized: tuple[int, datetime] | None = None
 
     # ----------------------------------------------------------------- ids
     def new_id(self) -> str:
@@ -93,9 +105,8 @@ class MetronomeState(InvoicesMixin):
             if customer_id in self._customers:
                 raise ValueError(f"customer {customer_id} already exists")
             aliases = list(ingest_aliases or [])
-            for other in self._customers.values():
-                if set(other["ingest_aliases"]) & set(aliases):
-                    raise ValueError("ingest aliases must be unique across customers")
+            if any(alias in self._aliases for alias in aliases):
+                raise ValueError("ingest aliases must be unique across customers")
             created = fmt(require_utc(created_at, "created_at") if created_at else self.clock.now())
             record = {
                 "id": customer_id,
@@ -109,37 +120,66 @@ class MetronomeState(InvoicesMixin):
                 "archived_at": created if archived else None,
             }
             self._customers[customer_id] = record
-            return copy.deepcopy(record)
+            if archived:
+                self._archived.add(customer_id)
+            for alias in aliases:
+                self._aliases[alias] = customer_id
+            return _copy_customer(record)
 
     def archive_customer(self, customer_id: str) -> None:
         with self._lock:
             record = self._customers[customer_id]
             record["archived_at"] = record["updated_at"] = fmt(self.clock.now())
+            self._archived.add(customer_id)
 
     def customers(self) -> list[dict[str, Any]]:
         """All customers (active and archived), in creation order."""
         with self._lock:
-            return copy.deepcopy(list(self._customers.values()))
+            return [_copy_customer(record) for record in self._customers.values()]
 
     def customer_ids(self) -> list[str]:
         """Ids of all customers, in creation order (no copies: cheap on every page)."""
         with self._lock:
             return list(self._customers)
 
+    def customer_ids_view(self, *, archived: bool | None = None) -> Sequence[str]:
+        """Customer ids in creation order (None: all; else only archived / only active) as an
+        immutable sequence that is shared, not copied, while no customer is added or archived:
+        what a usage page or a customer page without other filters needs, for ~nothing."""
+        with self._lock:
+            if len(self._id_tuple) != len(self._customers):
+                self._id_tuple = tuple(self._customers)
+            if archived is None or not self._archived:
+                return () if archived else self._id_tuple
+            return tuple(cid for cid in self._id_tuple if (cid in self._archived) == archived)
+
+    def customer_ids_where(self, keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+        """Ids of the customers `keep` accepts, in creation order. `keep` sees the stored record
+        and must not change it; nothing is copied, so a listing pays only for the page it serves."""
+        with self._lock:
+            return [cid for cid, record in self._customers.items() if keep(record)]
+
     def get_customer(self, customer_id: str) -> dict[str, Any] | None:
         with self._lock:
             record = self._customers.get(customer_id)
-            return copy.deepcopy(record) if record else None
+            return _copy_customer(record) if record else None
+
+    def get_customers(self, customer_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Copies of these (known) customers, in the order given."""
+        with self._lock:
+            return [_copy_customer(self._customers[cid]) for cid in customer_ids]
+
+    def unknown_customer(self, customer_ids: Iterable[str]) -> str | None:
+        """The first id that names no customer, or None (a set lookup each: no copies)."""
+        with self._lock:
+            return next((cid for cid in customer_ids if cid not in self._customers), None)
 
     def resolve_customer(self, id_or_alias: str) -> str | None:
         """Metronome id for an id or ingest alias, as ingest matches events."""
         with self._lock:
             if id_or_alias in self._customers:
                 return id_or_alias
-            for record in self._customers.values():
-                if id_or_alias in record["ingest_aliases"]:
-                    return str(record["id"])
-            return None
+            return self._aliases.get(id_or_alias)
 
     # ------------------------------------------------------------- metrics
     def add_billable_metric(
@@ -184,139 +224,35 @@ class MetronomeState(InvoicesMixin):
 
     def metrics(self, *, include_archived: bool = True) -> list[dict[str, Any]]:
         with self._lock:
-            return copy.deepcopy(
-                [m for m in self._metrics.values() if include_archived or m["archived_at"] is None]
-            )
+            return [
+                _json_copy(m)
+                for m in self._metrics.values()
+                if include_archived or m["archived_at"] is None
+            ]
+
+    def metric_names(self, *, include_archived: bool = True) -> list[tuple[str, str]]:
+        """(id, name) of the metrics, in creation order: what a usage row names, without copies."""
+        with self._lock:
+            return [
+                (m["id"], m["name"])
+                for m in self._metrics.values()
+                if include_archived or m["archived_at"] is None
+            ]
 
     def get_metric(self, metric_id: str) -> dict[str, Any] | None:
         with self._lock:
             record = self._metrics.get(metric_id)
-            return copy.deepcopy(record) if record else None
+            return _json_copy(record) if record else None
 
     def unit_price_cents(self, metric_id: str) -> Decimal:
         with self._lock:
             return self._prices[metric_id]
-
-    # --------------------------------------------------------------- usage
-    def set_usage(
-        self,
-        customer_id: str,
-        metric_id: str,
-        hour_start: datetime,
-        value: Decimal | int | float | None,
-    ) -> None:
-        """Set one UTC hour's value (None = null); overrides the generator and earlier calls."""
-        hour = _hour(hour_start, "hour_start")
-        with self._lock:
-            self._check_pair(customer_id, metric_id)
-            self._usage[(customer_id, metric_id, hour)] = (
-                None if value is None else to_decimal(value)
-            )
-
-    def set_usage_generator(
-        self, customer_id: str, metric_id: str, generator: UsageGenerator
-    ) -> None:
-        """Deterministic value for hours without an explicit `set_usage` (None = null hour)."""
-        with self._lock:
-            self._check_pair(customer_id, metric_id)
-            self._generators[(customer_id, metric_id)] = generator
-            for key in [k for k in self._generated if k[:2] == (customer_id, metric_id)]:
-                del self._generated[key]
-
-    def usage_value(self, customer_id: str, metric_id: str, hour_start: datetime) -> Decimal | None:
-        """The hour's value regardless of visibility: explicit, else generated, else 0; plus
-        what was ingested."""
-        hour = _hour(hour_start, "hour_start")
-        with self._lock:
-            return self._hour_value(customer_id, metric_id, hour)
-
-    def window_value(
-        self, customer_id: str, metric_id: str, start: datetime, end: datetime
-    ) -> Decimal | None:
-        """Aggregate of the hours in [start, end) that have closed by `clock.now()`."""
-        now = self.clock.now()
-        with self._lock:
-            agg = self._metrics[metric_id]["aggregation_type"]
-            hours: list[datetime] = []
-            hour = floor_hour(start)
-            while hour < end and hour + HOUR <= now:
-                hours.append(hour)
-                hour += HOUR
-            return aggregate(agg, (self._hour_value(customer_id, metric_id, h) for h in hours))
 
     def _check_pair(self, customer_id: str, metric_id: str) -> None:
         if customer_id not in self._customers:
             raise KeyError(f"unknown customer {customer_id}")
         if metric_id not in self._metrics:
             raise KeyError(f"unknown billable metric {metric_id}")
-
-    def _hour_value(self, customer_id: str, metric_id: str, hour: datetime) -> Decimal | None:
-        key = (customer_id, metric_id, hour)
-        base = self._usage.get(key, _MISSING)
-        if base is _MISSING:
-            base = self._generated.get(key, _MISSING)
-            if base is _MISSING:
-                generator = self._generators.get((customer_id, metric_id))
-                raw = generator(hour) if generator else 0
-                base = None if raw is None else to_decimal(raw)
-                if generator:
-                    self._generated[key] = base
-        agg = self._metrics[metric_id]["aggregation_type"]
-        assert base is None or isinstance(base, Decimal)
-        return combine_hour(agg, base, self._ingested.get(key))
-
-    # -------------------------------------------------------------- ingest
-    def ingest(self, events: Iterable[dict[str, Any]]) -> int:
-        """Store validated events (dedup on transaction_id) and add them to matching metrics.
-
-        Returns how many were new. Events for unknown customers are stored but count nowhere."""
-        added = 0
-        with self._lock:
-            for event in events:
-                if event["transaction_id"] in self._events:
-                    continue
-                self._events[event["transaction_id"]] = copy.deepcopy(event)
-                added += 1
-                customer_id = self.resolve_customer(event["customer_id"])
-                if customer_id is None:
-                    continue
-                timestamp = parse_rfc3339(event["timestamp"])
-                for metric in self._metrics.values():
-                    if event_matches(metric, event):
-                        self._apply(customer_id, metric, floor_hour(timestamp), timestamp, event)
-        return added
-
-    def _apply(
-        self,
-        customer_id: str,
-        metric: dict[str, Any],
-        hour: datetime,
-        at: datetime,
-        event: dict[str, Any],
-    ) -> None:
-        amount = event_amount(metric, event)
-        if amount is None:
-            return
-        key = (customer_id, str(metric["id"]), hour)
-        agg = metric["aggregation_type"]
-        if agg == "UNIQUE":
-            self._unique.setdefault(key, set()).add(str(amount))
-            self._ingested[key] = Decimal(len(self._unique[key]))
-            return
-        assert isinstance(amount, Decimal)
-        current = self._ingested.get(key)
-        if agg == "MAX":
-            self._ingested[key] = amount if current is None else max(current, amount)
-        elif agg == "LATEST":
-            if key not in self._latest_at or at >= self._latest_at[key]:
-                self._latest_at[key] = at
-                self._ingested[key] = amount
-        else:
-            self._ingested[key] = (current or Decimal(0)) + amount
-
-    def events(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return copy.deepcopy(list(self._events.values()))
 
     def _priced_metrics(self) -> list[PricedMetric]:
         return [

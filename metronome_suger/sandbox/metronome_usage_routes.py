@@ -6,8 +6,15 @@ sends them; `/v1/usage` has a fixed page size (it has no `limit`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from starlette.requests import Request
@@ -38,6 +45,8 @@ from metronome_suger.sandbox.wire import (
 USAGE_PAGE_SIZE = 100
 MAX_RANGE = timedelta(days=400)
 Window = tuple[datetime, datetime]
+# A usage page names the same few window bounds 200 times: format each once.
+_fmt = lru_cache(maxsize=16_384)(fmt)
 
 
 def _range(body: dict[str, Any]) -> Window:
@@ -61,8 +70,12 @@ def _range(body: dict[str, Any]) -> Window:
     return start, end
 
 
+@lru_cache(maxsize=256)
 def _windows(start: datetime, end: datetime, size: str) -> list[Window]:
-    """HOUR/DAY windows from `start`; the last one ends at `end`. NONE: one window."""
+    """HOUR/DAY windows from `start`; the last one ends at `end`. NONE: one window.
+
+    Cached, and shared (callers must not change it): every shard of a listing names the same
+    window instants instead of allocating its own."""
     if size == "NONE":
         return [(start, end)]
     step = HOUR if size == "HOUR" else DAY
@@ -93,9 +106,13 @@ def _group_by(metric_filter: dict[str, Any]) -> dict[str, Any] | None:
 def _selected_metrics(
     state: MetronomeState, body: dict[str, Any]
 ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """(metric, group_by) pairs; a metric here only needs its id and name."""
     raw = body.get("billable_metrics")
     if raw is None:
-        return [(m, None) for m in state.metrics(include_archived=False)]
+        return [
+            ({"id": mid, "name": name}, None)
+            for mid, name in state.metric_names(include_archived=False)
+        ]
     if not isinstance(raw, list):
         raise bad_request("billable_metrics must be a list of {id}")
     out = []
@@ -109,15 +126,15 @@ def _selected_metrics(
     return out
 
 
-def _selected_customers(state: MetronomeState, body: dict[str, Any]) -> list[str]:
+def _selected_customers(state: MetronomeState, body: dict[str, Any]) -> Sequence[str]:
     raw = body.get("customer_ids")
     if raw is None:
-        return state.customer_ids()
+        return state.customer_ids_view()
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
         raise bad_request("customer_ids must be a list of strings")
-    for customer_id in raw:
-        if state.get_customer(customer_id) is None:
-            raise not_found(f"Customer {customer_id} not found")
+    unknown = state.unknown_customer(raw)
+    if unknown is not None:
+        raise not_found(f"Customer {unknown} not found")
     return list(dict.fromkeys(raw))
 
 
@@ -125,7 +142,7 @@ class _UsageKeys(Sequence[tuple[str, dict[str, Any], Any, Window]]):
     """The customer × metric × window keys of a request, computed per index rather than materialized:
     a page costs O(page), not O(customers × metrics × windows), so a large sandbox stays fast."""
 
-    def __init__(self, customers: list[str], metrics: list[tuple[dict[str, Any], Any]],
+    def __init__(self, customers: Sequence[str], metrics: list[tuple[dict[str, Any], Any]],
                  windows: list[Window]) -> None:
         self.customers, self.metrics, self.windows = customers, metrics, windows
         self.per_customer = len(metrics) * len(windows)
@@ -135,40 +152,142 @@ class _UsageKeys(Sequence[tuple[str, dict[str, Any], Any, Window]]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            first, stop, step = index.indices(len(self))
+            return list(self._run(first, stop)) if step == 1 else [
+                self[i] for i in range(first, stop, step)]
         if not 0 <= index < len(self):
             raise IndexError(index)
         customer, rest = divmod(index, self.per_customer)
         metric, window = divmod(rest, len(self.windows))
         return (self.customers[customer], *self.metrics[metric], self.windows[window])
 
+    def _run(self, first: int, stop: int) -> Iterator[tuple[str, dict[str, Any], Any, Window]]:
+        """Keys first..stop-1 by counting (one divmod per page, not two per key)."""
+        if first >= stop or not self.per_customer:
+            return
+        customer, rest = divmod(first, self.per_customer)
+        metric, window = divmod(rest, len(self.windows))
+        for _ in range(stop - first):
+            yield (self.customers[customer], *self.metrics[metric], self.windows[window])
+            window += 1
+            if window == len(self.windows):
+                window, metric = 0, metric + 1
+                if metric == len(self.metrics):
+                    metric, customer = 0, customer + 1
 
-async def usage(request: Request) -> JSONResponse:
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a valid `POST /v1/usage` body asks for. `customers` None: all (read per request, as
+    customers may be added); `metric_filter` is the raw `billable_metrics` (looked up per request)."""
+
+    windows: list[Window]
+    customers: Sequence[str] | None
+    metric_filter: Any
+
+
+class _PlanCache:
+    """Valid bodies of one app's usage requests, by raw bytes. The shards of a listing send the
+    same body (up to 500 customer ids) with every page: it is parsed and checked once. A plan
+    cannot go stale: customers are never removed, and metrics are looked up anew."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plans: OrderedDict[tuple[bytes, str], _Plan] = OrderedDict()
+
+    def get(self, key: tuple[bytes, str]) -> _Plan | None:
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def put(self, key: tuple[bytes, str], plan: _Plan) -> None:
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self.SIZE:
+                self._plans.popitem(last=False)
+
+
+async def _plan(
+    request: Request, state: MetronomeState
+) -> tuple[_Plan, list[Any], Sequence[str]]:
+    """The request's plan (parsed once per body), its metrics and its customers."""
+    cache: _PlanCache | None = getattr(request.app.state, "usage_plans", None)
+    if cache is None:
+        cache = request.app.state.usage_plans = _PlanCache()
+    key = (await request.body(), request.headers.get("content-encoding", ""))
+    plan = cache.get(key)
+    if plan is None:
+        body = json_object(await json_body(request))
+        if body.get("window_size") is None:
+            raise bad_request("window_size is required")
+        size = window_size(body["window_size"], ("HOUR", "DAY", "NONE"))
+        start, end = _range(body)
+        metrics = _selected_metrics(state, body)
+        customers = _selected_customers(state, body)
+        plan = _Plan(_windows(start, end, size),
+                     None if body.get("customer_ids") is None else customers,
+                     body.get("billable_metrics"))
+        cache.put(key, plan)
+        return plan, metrics, customers
+    metrics = _selected_metrics(state, {"billable_metrics": plan.metric_filter})
+    return plan, metrics, state.customer_ids_view() if plan.customers is None else plan.customers
+
+
+async def usage(request: Request) -> Response:
     state = state_of(request)
-    body = json_object(await json_body(request))
-    if body.get("window_size") is None:
-        raise bad_request("window_size is required")
-    size = window_size(body["window_size"], ("HOUR", "DAY", "NONE"))
-    start, end = _range(body)
-    metrics = _selected_metrics(state, body)
-    customers = _selected_customers(state, body)
-    keys = _UsageKeys(customers, metrics, _windows(start, end, size))
+    plan, metrics, customers = await _plan(request, state)
+    keys = _UsageKeys(customers, metrics, plan.windows)
     page, cursor = page_of(request, keys, kind="usage", limit=USAGE_PAGE_SIZE)
+    values = state.window_values((c, m["id"], ws, we) for c, m, _, (ws, we) in page)
+    return _usage_response(page, values, cursor)
+
+
+# Exactly what JSONResponse writes (compact separators, no ASCII escaping, no NaN).
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _number(value: Decimal | None) -> str:
+    """`json_number(value)` as the JSON encoder writes it (repr of a finite float or an int)."""
+    if value is None:
+        return "null"
+    if value.is_finite() and value == value.to_integral_value():
+        return repr(int(value))
+    number = float(value)
+    if math.isfinite(number):
+        return repr(number)
+    return _encode(number)  # raises for NaN / infinity, as JSONResponse would
+
+
+def _usage_response(page: list[Any], values: list[Decimal | None], cursor: str | None) -> Response:
+    """The bytes `JSONResponse({"data": rows, "next_page": cursor})` would send, assembled from
+    fragments: a page repeats a few customer × metric heads and window spans 100 times, and the
+    encoder's per-row work was most of the route's time."""
+    heads: dict[tuple[str, str], str] = {}
+    spans: dict[Window, str] = {}
     rows = []
-    for customer_id, metric, group_by, (ws, we) in page:
-        row: dict[str, Any] = {
-            "customer_id": customer_id,
-            "billable_metric_id": metric["id"],
-            "billable_metric_name": metric["name"],
-            "start_timestamp": fmt(ws),
-            "end_timestamp": fmt(we),
-            "value": json_number(state.window_value(customer_id, metric["id"], ws, we)),
-        }
+    for (customer_id, metric, group_by, window), value in zip(page, values, strict=True):
+        head = heads.get((customer_id, metric["id"]))
+        if head is None:
+            head = heads[(customer_id, metric["id"])] = (
+                '{"customer_id":' + _encode(customer_id)
+                + ',"billable_metric_id":' + _encode(metric["id"])
+                + ',"billable_metric_name":' + _encode(metric["name"]))
+        span = spans.get(window)
+        if span is None:
+            span = spans[window] = (
+                ',"start_timestamp":' + _encode(_fmt(window[0]))
+                + ',"end_timestamp":' + _encode(_fmt(window[1])) + ',"value":')
+        row = head + span + _number(value)
         if group_by is not None:
             # The emulator keeps no per-group data: every requested group reports "no matches".
-            row["groups"] = {value: None for value in group_by.get("values") or []}
-        rows.append(row)
-    return JSONResponse({"data": rows, "next_page": cursor})
+            row += ',"groups":' + _encode({v: None for v in group_by.get("values") or []})
+        rows.append(row + "}")
+    text = '{"data":[' + ",".join(rows) + '],"next_page":' + _encode(cursor) + "}"
+    return Response(text.encode("utf-8"), media_type="application/json")
 
 
 async def usage_groups(request: Request) -> JSONResponse:

@@ -54,7 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from metronome_suger.sandbox.suger_ingest import prepare_group
-from metronome_suger.sandbox.suger_json import PARTNERS, SugerError, render
+from metronome_suger.sandbox.suger_json import PARTNERS, SugerError, json_bytes, render
 from metronome_suger.sandbox.suger_state import GROUP_SOURCES, GROUP_STATUSES, SugerState
 
 BILLED_REPORT_STATUSES = ("SUCCESS", "INVOICED")  # usage_record_report_status.py
@@ -72,6 +72,11 @@ def _error(status: int, message: str) -> JSONResponse:
 def _gateway_error(status: int, message: str) -> JSONResponse:
     """Auth, org and routing errors, which the spec does not type: ``{"message": ...}``."""
     return JSONResponse({"message": message}, status_code=status)
+
+
+def _json_response(body: bytes) -> Response:
+    """A JSON body encoded already (what ``JSONResponse`` would send, headers included)."""
+    return Response(body, media_type="application/json")
 
 
 def _reject_constant(name: str) -> Any:
@@ -149,7 +154,8 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
     # -- buyers -----------------------------------------------------------------------------------
     async def list_buyers(request: Request) -> Any:
         partner = _enum_param(request, "partner", PARTNERS)
-        return _page(request, state.buyers(partner=partner))[0]
+        page = _page(request, state.buyer_ids(partner=partner))[0]  # render only the page
+        return [state.get_buyer(buyer_id) for buyer_id in page]
 
     async def get_buyer(request: Request) -> Any:
         return state.get_buyer(request.path_params["buyerId"])
@@ -163,10 +169,10 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
     # -- entitlements -----------------------------------------------------------------------------
     async def list_entitlements(request: Request) -> Any:
         q = request.query_params
-        found = state.entitlements(
+        found = state.entitlement_ids(
             buyerID=q.get("buyerId") or None, partner=_enum_param(request, "partner", PARTNERS),
             productID=q.get("productId") or None, offerID=q.get("offerId") or None)
-        return _page(request, found)[0]
+        return _json_response(state.entitlements_json(_page(request, found)[0]))
 
     async def get_entitlement(request: Request) -> Any:
         return state.get_entitlement(request.path_params["entitlementId"])
@@ -189,7 +195,7 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
     async def report_group(request: Request) -> Any:
         ent_id = request.path_params["entitlementId"]
         body = await _json_body(request)
-        state.get_entitlement(ent_id)  # 404 before anything else
+        state.require_entitlement(ent_id)  # 404 before anything else
         state.check_rejection([ent_id])
         if not isinstance(body, dict):
             raise SugerError(400, "CreateUsageRecordGroupParams must be a JSON object")
@@ -197,7 +203,8 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
         if body.get("organizationID") != state.org_id:
             raise SugerError(400, f"organizationID {body.get('organizationID')!r} does not match "
                                   f"the path organization {state.org_id}")
-        return state.store_group(prepare_group(state, body, path_entitlement=ent_id), group_id)
+        prepared = prepare_group(state, body, path_entitlement=ent_id)
+        return _json_response(state.store_group_json(prepared, group_id))
 
     def prepare_batch(body: Any) -> list[dict[str, Any]]:
         if not isinstance(body, list):
@@ -231,20 +238,10 @@ def create_suger_app(state: SugerState, *, api_key: str) -> Starlette:
             raise SugerError(400, "startDate must not be after endDate")
         status = _enum_param(request, "status", GROUP_STATUSES)
         source = _enum_param(request, "source", GROUP_SOURCES)  # UsageRecordGroupSource
-        products = {e["id"]: e["productID"] for e in state.entitlements()}
-        found = []
-        for group in state.groups():
-            fields = {**group, "productID": products[group["entitlementID"]],
-                      "source": group["metaInfo"]["source"]}
-            if not start.isoformat() <= group["creationTime"][:10] <= end.isoformat():
-                continue
-            if status not in (None, group["status"]):
-                continue
-            if source in (None, fields["source"]) and all(
-                    fields[k] == v for k, v in selectors.items()):
-                found.append(group)
-        page, next_offset = _page(request, found)
-        return {"usageRecordGroups": page, "nextOffset": next_offset}
+        found = state.find_groups(start=start, end=end, status=status, source=source, **selectors)
+        page, next_offset = _page(request, found)  # render only the page
+        return _json_response(b'{"usageRecordGroups":' + state.groups_json(page)
+                              + b',"nextOffset":' + json_bytes(next_offset) + b"}")
 
     # -- usage record reports -----------------------------------------------------------------------
     def date_window(request: Request, *, required: bool) -> tuple[str, str]:

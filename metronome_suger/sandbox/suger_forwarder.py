@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from metronome_suger.sandbox.suger_json import JsonDict, hour_floor, render
@@ -45,6 +46,7 @@ WHOLE_UNIT_PARTNERS = ("AWS", "GCP")  # integer quantities, the fraction carried
 INJECTED_FAILURE = "the marketplace call failed (fault injected by fail_next_report)"
 
 
+@lru_cache(maxsize=65_536)  # a run stamps thousands of reports with the same few instants
 def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -32,7 +32,7 @@ def _origin_records(records: Any) -> dict[str, Decimal]:
             raise SugerError(400, f"quantity of record {key} must be a number")
         if qty < 0:
             raise SugerError(400, f"quantity of record {key} must not be negative: {qty}")
-        origin[key] = Decimal(str(qty))
+        origin[key] = qty if type(qty) is Decimal else Decimal(str(qty))
     if not any(origin.values()):
         raise SugerError(400, ALL_ZERO_MESSAGE)
     return origin

@@ -4,8 +4,10 @@ of a UsageMeteringConfigInfo body."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 JsonDict = dict[str, Any]
@@ -32,8 +34,11 @@ def hour_floor(value: datetime) -> datetime:
     return value.replace(minute=0, second=0, microsecond=0)
 
 
+@lru_cache(maxsize=65_536)
 def rfc3339(value: datetime) -> str:
-    """Go-style RFC 3339 with ``Z`` (fraction only when non-zero), as Suger's backend emits it."""
+    """Go-style RFC 3339 with ``Z`` (fraction only when non-zero), as Suger's backend emits it.
+
+    Cached: a frozen clock stamps thousands of groups and reports with the same instants."""
     value = utc(value)
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
@@ -41,8 +46,31 @@ def rfc3339(value: datetime) -> str:
     return text + "Z"
 
 
+_PLAIN = (str, int, float, bool, type(None))
+# Exactly what Starlette's JSONResponse writes (compact separators, no ASCII escaping, no NaN).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def json_bytes(value: Any) -> bytes:
+    """The body ``JSONResponse(value)`` would send."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
 def render(value: Any) -> Any:
-    """Turn internal values (Decimal, datetime) into the JSON the API returns."""
+    """Turn internal values (Decimal, datetime) into the JSON the API returns.
+
+    Every Suger answer goes through here, so the common types are dispatched by exact type first."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN else render(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else render(v) for v in value]
+    if kind is Decimal:
+        return int(value) if value == value.to_integral_value() else float(value)
+    if kind is datetime:
+        return rfc3339(value)
+    if kind in _PLAIN:
+        return value
     if isinstance(value, dict):
         return {k: render(v) for k, v in value.items()}
     if isinstance(value, list):

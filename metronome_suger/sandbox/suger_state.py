@@ -17,30 +17,32 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from metronome_suger.sandbox.suger_forwarder import Forwarder
+from metronome_suger.sandbox.suger_group_state import GROUP_SOURCES, GROUP_STATUSES, GroupsMixin
 from metronome_suger.sandbox.suger_json import (
     PARTNERS,
     JsonDict,
     SugerError,
-    hour_floor,
     metering_config_entries,
     render,
     utc,
 )
+from metronome_suger.sandbox.suger_listing_json import EntitlementJson, GroupJson, json_list
 
 ENTITLEMENT_STATUSES = ("ACTIVE", "CANCELLED", "DELETED", "PENDING_CANCEL", "PENDING_START",
                         "SUSPENDED")
 REPORTABLE_STATUSES = ("ACTIVE", "PENDING_CANCEL")
 MAX_ENTITLEMENT_DIMENSIONS = 50  # EntitlementInfo.dimensions: "The max size of dimensions is 50"
-GROUP_SOURCES = ("", "API", "INTERNAL", "LAGO", "METRONOME", "ORB", "STRIPE")  # UsageRecordGroupSource
-GROUP_STATUSES = ("CREATED", "INVALID", "REPORT_PENDING", "REPORTED", "REPORT_FAILED", "DELETED")
 ALL_ZERO_MESSAGE = "all the quantity of usage records are zero"
 _BUYER_INFO_FIELDS = ("metronomeCustomerId", "orbCustomerId", "lagoCustomerId", "stripeCustomerId",
                       "customerId", "chargebeeCustomerID", "quickbooksCustomerId", "companyInfo",
                       "paymentConfig")
 _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+__all__ = ["ALL_ZERO_MESSAGE", "GROUP_SOURCES", "GROUP_STATUSES", "REPORTABLE_STATUSES", "SugerError",
+           "SugerState"]
 
 
 def _partner(value: str) -> str:
@@ -49,7 +51,7 @@ def _partner(value: str) -> str:
     return value
 
 
-class SugerState:
+class SugerState(GroupsMixin):
     """One Suger organization held in memory; every method is safe to call from any thread."""
 
     def __init__(self, org_id: str, clock: Callable[[], datetime] | Any) -> None:
@@ -66,6 +68,14 @@ class SugerState:
         self._product_failures: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self._groups: dict[str, JsonDict] = {}
         self._queued_at: dict[str, datetime] = {}  # when a group (re)entered CREATED
+        # At most the earliest _queued_at of a CREATED group (None: no group was queued since the
+        # last full tick): a tick before the hour after it has nothing to forward.
+        self._min_queued: datetime | None = None
+        self._by_buyer: dict[str, list[str]] = defaultdict(list)  # buyer → entitlement ids
+        # The last group listing's candidates (fields a group never changes): its pages reuse it.
+        self._group_query: tuple[tuple[Any, ...], list[str]] | None = None
+        self._ent_json = EntitlementJson()  # listings' JSON (see suger_listing_json)
+        self._group_json = GroupJson()
         self._rejections: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self.forwarder = Forwarder(org_id, self.new_uuid, self.now, self._lock)
         self._config: JsonDict = {"partnerUsageMeteringConfigs": []}
@@ -107,7 +117,12 @@ class SugerState:
 
     def buyers(self, *, partner: str | None = None) -> list[JsonDict]:
         with self._lock:
-            return [render(b) for b in self._buyers.values() if partner in (None, b["partner"])]
+            return [render(self._buyers[b]) for b in self.buyer_ids(partner=partner)]
+
+    def buyer_ids(self, *, partner: str | None = None) -> list[str]:
+        """The ids ``buyers`` would render, in creation order, without rendering any."""
+        with self._lock:
+            return [i for i, b in self._buyers.items() if partner in (None, b["partner"])]
 
     def update_buyer(self, buyer_id: str, params: JsonDict) -> JsonDict:
         """UpdateBuyerParams: absent or null fields stay; a string sets, an empty string clears."""
@@ -169,6 +184,7 @@ class SugerState:
                 "info": info, "metaInfo": {},
             }
             self._all_dimensions[ent_id] = dims
+            self._by_buyer[buyer_id].append(ent_id)
             for dim in dims:
                 self._products.setdefault(product, {}).setdefault(dim["key"], dict(dim))
             self._terms[ent_id] = [self._term(ent_id, "Signup", start, end_time and utc(end_time))]
@@ -182,9 +198,10 @@ class SugerState:
                 "offerID": ent["offerID"], "startTime": start, "endTime": end,
                 "creationTime": now, "lastUpdateTime": now, "info": {"type": kind}}
 
-    def _current_term(self, ent_id: str) -> JsonDict:
+    def _current_term(self, ent_id: str, now: datetime | None = None) -> JsonDict:
         terms = self._terms[ent_id]
-        started = [t for t in terms if t["startTime"] <= self.now()]
+        now = now or self.now()
+        started = [t for t in terms if t["startTime"] <= now]
         return started[-1] if started else terms[0]
 
     def _entitlement(self, ent_id: str) -> JsonDict:
@@ -207,8 +224,32 @@ class SugerState:
     def entitlements(self, **filters: str | None) -> list[JsonDict]:
         """Filter by buyerID / partner / productID / offerID (API field names); None means any."""
         with self._lock:
-            return [self.get_entitlement(e["id"]) for e in self._entitlements.values()
-                    if all(v is None or e.get(k) == v for k, v in filters.items())]
+            return [self.get_entitlement(e) for e in self.entitlement_ids(**filters)]
+
+    def entitlement_ids(self, **filters: str | None) -> list[str]:
+        """The ids ``entitlements`` would render, in creation order, without rendering any."""
+        with self._lock:
+            buyer = filters.get("buyerID")
+            ids = self._by_buyer.get(buyer, []) if buyer is not None else self._entitlements
+            rest = [(k, v) for k, v in filters.items() if v is not None and k != "buyerID"]
+            return [i for i in ids if all(self._entitlements[i].get(k) == v for k, v in rest)]
+
+    def require_entitlement(self, entitlement_id: str) -> None:
+        """404 (SugerError) for an unknown entitlement, without rendering a known one."""
+        with self._lock:
+            self._entitlement(entitlement_id)
+
+    def entitlements_json(self, entitlement_ids: Iterable[str]) -> bytes:
+        """``json_bytes([self.get_entitlement(i) for i in entitlement_ids])``, reusing each one's
+        JSON while nothing it shows has changed."""
+        with self._lock:
+            parts, now = [], self.now()
+            for ent_id in entitlement_ids:
+                ent, term = self._entitlement(ent_id), self._current_term(ent_id, now)
+                key = (ent["status"], ent["lastUpdateTime"], term["id"], term["endTime"],
+                       tuple(d["rate"] for d in ent["info"]["dimensions"]))
+                parts.append(self._ent_json.encode(ent_id, key, partial(self._entitlement_now, ent_id)))
+            return json_list(parts)
 
     def entitlement_terms(self, entitlement_id: str) -> list[JsonDict]:
         with self._lock:
@@ -288,140 +329,14 @@ class SugerState:
         with self._lock:
             self._config = {"partnerUsageMeteringConfigs": copy.deepcopy(entries)}
 
-    # -- usage record groups: ingest (the app validates bodies; the state keeps ids unique) -------
+    # -- usage record groups: validation (the groups themselves: suger_group_state) -------------
     def entitlement_snapshot(self, entitlement_id: str) -> JsonDict:
         """A private copy of the entitlement for request validation: Decimal rates, its current
         ``endTime``, and every dimension (Suger validates against all, not the 50 it shows)."""
         with self._lock:
-            ent = copy.deepcopy(self._entitlement_now(entitlement_id))
-            ent["info"]["dimensions"] = copy.deepcopy(self._all_dimensions[entitlement_id])
+            ent = self._entitlement_now(entitlement_id)  # a shallow copy already
+            ent["info"] = {**copy.deepcopy({k: v for k, v in ent["info"].items()
+                                            if k != "dimensions"}),
+                           "dimensions": [dict(d) for d in self._all_dimensions[entitlement_id]]}
+            ent["metaInfo"] = copy.deepcopy(ent["metaInfo"])
             return ent
-
-    def check_rejection(self, entitlement_ids: Iterable[str]) -> None:
-        """Raise (and consume) the first configured ``reject_next`` among these entitlements."""
-        with self._lock:
-            for ent_id in entitlement_ids:
-                if self._rejections.get(ent_id):
-                    status, message = self._rejections[ent_id].pop(0)
-                    raise SugerError(status, message)
-
-    def check_new_id(self, group_id: Any) -> str | None:
-        """Validate a client group id; a repeated id is Suger's 409 whatever the body says."""
-        if group_id in (None, ""):
-            return None
-        if not isinstance(group_id, str) or len(group_id) > 36:
-            raise SugerError(400, "id must be a string of at most 36 characters")
-        with self._lock:
-            if group_id in self._groups:
-                raise SugerError(409, f"usage record group {group_id} already exists")
-        return group_id
-
-    def store_group(self, prepared: JsonDict, group_id: str | None = None) -> JsonDict:
-        with self._lock:
-            group_id = self.check_new_id(group_id) or self.new_uuid()
-            now = self.now()
-            self._serial += 1
-            self._groups[group_id] = {
-                "id": group_id, "organizationID": self.org_id, **prepared, "status": "CREATED",
-                "creationTime": now, "lastUpdateTime": now, "reportedTime": None,
-                "serialID": self._serial, "usageRecordReportID": None,
-            }
-            self._queued_at[group_id] = now
-            self.forwarder.on_stored(self._groups[group_id])
-            return render(self._groups[group_id])
-
-    def add_foreign_group(self, entitlement_id: str, records: dict[str, Any], *,
-                          source: str = "METRONOME", timestamp: datetime | None = None) -> JsonDict:
-        """Test hook: a group reported by one of Suger's own integrations (``metaInfo.source``, the
-        SDK's UsageRecordGroupSource), e.g. its Metronome integration with Auto Report Usage on."""
-        if source not in GROUP_SOURCES:
-            raise ValueError(f"source must be one of {GROUP_SOURCES}")
-        with self._lock:
-            ent = self._entitlement(entitlement_id)
-            quantities = {k: Decimal(str(v)) for k, v in records.items()}
-            return self.store_group({
-                "entitlementID": entitlement_id, "buyerID": ent["buyerID"], "partner": ent["partner"],
-                "records": quantities, "metaInfo": {"originRecords": dict(quantities),
-                                                    "timestamp": utc(timestamp or self.now()),
-                                                    "source": source}})
-
-    # -- usage record groups: read and manage -----------------------------------------------------
-    def groups(self) -> list[JsonDict]:
-        """All stored groups in API shape, DELETED included, in serialID order."""
-        with self._lock:
-            return [render(g) for g in self._groups.values()]
-
-    def group(self, group_id: str) -> JsonDict:
-        with self._lock:
-            return render(self._group(group_id))
-
-    def _group(self, group_id: str) -> JsonDict:
-        if group_id not in self._groups:
-            raise SugerError(404, f"usage record group {group_id} not found")
-        return self._groups[group_id]
-
-    def set_group_status(self, group_id: str, status: str, *, unknown: bool = False) -> None:
-        """Test hook: force a status; ``unknown=True`` allows one Suger may add later (a client must
-        keep it verbatim and never take it for success)."""
-        if status not in GROUP_STATUSES and not unknown:
-            raise ValueError(f"status must be one of {GROUP_STATUSES}")
-        with self._lock:
-            group = self._group(group_id)
-            group["status"], group["lastUpdateTime"] = status, self.now()
-            self._queued_at[group_id] = self.now()
-
-    def retry_group(self, group_id: str) -> JsonDict:
-        """REPORT_FAILED → CREATED, queued for the next hourly run (not the one that failed)."""
-        with self._lock:
-            group = self._group(group_id)
-            if group["status"] != "REPORT_FAILED":
-                raise SugerError(400, f"only REPORT_FAILED groups can be retried; "
-                                      f"{group_id} is {group['status']}")
-            now = self.now()
-            group.update(status="CREATED", lastUpdateTime=now, usageRecordReportID=None)
-            self._queued_at[group_id] = now
-            return render(group)
-
-    def delete_group(self, group_id: str) -> JsonDict:
-        with self._lock:
-            group = self._group(group_id)
-            if group["status"] not in ("CREATED", "INVALID"):
-                raise SugerError(400, f"only CREATED or INVALID groups can be deleted; "
-                                      f"{group_id} is {group['status']}")
-            group.update(status="DELETED", lastUpdateTime=self.now())
-            return render(group)
-
-    # -- fault injection and the hourly forwarder (suger_forwarder.py) ------------------------------
-    def reject_next(self, entitlement_id: str, message: str, *, status: int = 400,
-                    times: int = 1) -> None:
-        """The next ``times`` report POSTs (single or batch) for this entitlement get ``status``."""
-        with self._lock:
-            self._rejections[entitlement_id].extend([(status, message)] * times)
-
-    def fail_next_report(self, entitlement_id: str, *, times: int = 1) -> None:
-        """The next ``times`` forwarder reports (one per entitlement per run) end REPORT_FAILED;
-        the other hooks and the reports are on :attr:`forwarder`."""
-        self.forwarder.fail_next_report(entitlement_id, times=times)
-
-    def usage_record_reports(self) -> list[JsonDict]:
-        """What the forwarder reported to the marketplaces (MeteringUsageRecordReport shape)."""
-        return self.forwarder.reports()
-
-    def run_forwarder(self, now: datetime | None = None) -> list[str]:
-        """Forward every CREATED group queued up to ``now`` (default: the clock); return ids."""
-        with self._lock:
-            at = utc(now) if now else self.now()
-            due = [g for g in self._created() if self._queued_at[g["id"]] <= at]
-            return self.forwarder.forward([(at, g) for g in due], self._entitlement_now)
-
-    def tick(self) -> list[str]:
-        """Suger's hourly job, caught up: groups queued before the last full hour are forwarded,
-        each by the first hourly run after it was queued. The app calls this on every request."""
-        with self._lock:
-            cutoff = hour_floor(self.now())
-            due = [g for g in self._created() if self._queued_at[g["id"]] < cutoff]
-            runs = [(hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1), g) for g in due]
-            return self.forwarder.forward(runs, self._entitlement_now)
-
-    def _created(self) -> list[JsonDict]:
-        return [g for g in self._groups.values() if g["status"] == "CREATED"]

@@ -1,4 +1,4 @@
-"""Quantity mode's source: one paginated ``POST /v1/usage`` for the windows, stored in ``usage``.
+"""Quantity mode's source: ``POST /v1/usage`` for the windows (sharded by customer, concurrent), in ``usage``.
 
 What Metronome answers is checked before anything is stored, so a bad answer never replaces the usage a
 window already holds: every row that overlaps the windows must be one whole UTC hour (``window_size:
@@ -8,16 +8,24 @@ is kept once: it is one aggregate, not two), and a value must fit the ledger's `
 """
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
 from metronome_suger.clients.errors import MalformedResponseError
-from metronome_suger.clients.metronome import MetronomeClient, day_bounds
+from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.clients.metronome_models import UsageRow
 from metronome_suger.core.windows import HOUR, Window, iso
-from metronome_suger.storage.db import Connect, table_markdown
-from metronome_suger.storage.usage import replace_usage, reportable_metrics, usage_totals
+from metronome_suger.storage.db import Connect, ndjson_file, table_markdown
+from metronome_suger.storage.usage import (
+    FETCHED_COLUMNS,
+    FetchedRow,
+    replace_usage,
+    reportable_metrics,
+    snapshot_customer_ids,
+    usage_totals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,62 +61,62 @@ def _row_name(row: UsageRow) -> str:
             f"({iso(row.start_timestamp)}..{iso(row.end_timestamp)})")
 
 
-def checked_rows(rows: list[UsageRow], start: datetime, end: datetime) -> tuple[list[UsageRow], int]:
-    """The rows of [start, end), each once, and how many exact repeats were dropped; raises on a row
-    overlapping the windows that is not one whole UTC hour, on a customer × metric × hour returned with two
-    different values, and on a value the ledger cannot hold."""
-    kept: dict[tuple[datetime, str, str], UsageRow] = {}
-    repeats = 0
-    for row in rows:
-        if row.end_timestamp <= start or row.start_timestamp >= end:
-            continue  # another hour of the UTC day Metronome answers for
-        hour = row.start_timestamp.replace(minute=0, second=0, microsecond=0)
-        if row.start_timestamp != hour or row.end_timestamp - row.start_timestamp != HOUR:
-            raise _malformed(f"{_row_name(row)} is not one whole UTC hour (window_size HOUR)")
-        key = (row.start_timestamp, row.customer_id, row.billable_metric_id)
-        seen = kept.get(key)
-        if seen is not None:
-            if seen.value != row.value:
-                raise _malformed(f"{_row_name(row)} was returned twice with different values "
-                                 f"({seen.value} and {row.value})")
-            repeats += 1
-            continue
-        if row.value is not None and abs(row.value) >= LARGEST_STORED:
-            raise UsageTooLarge(f"Metronome returned usage {row.value} for {_row_name(row)}: larger than the "
-                                f"ledger's DECIMAL(38,10) holds (|value| < 10^28); nothing is stored or sent "
-                                "for these windows")
-        kept[key] = row
-    return list(kept.values()), repeats
+def _checked(batches: Iterable[list[UsageRow]], start: datetime, end: datetime, known: dict[str, str],
+             unknown: set[str]) -> Iterator[FetchedRow]:
+    """The rows of [start, end) in arrival order, as ``FETCHED_COLUMNS``; raises on a row overlapping the
+    windows that is not one whole UTC hour, and on a value the ledger cannot hold (repeats are the storage's
+    to find). Metrics not asked for are added to ``unknown``."""
+    seq = 0
+    for batch in batches:
+        for row in batch:
+            if row.end_timestamp <= start or row.start_timestamp >= end:
+                continue  # another hour of the UTC day Metronome answers for
+            hour = row.start_timestamp.replace(minute=0, second=0, microsecond=0)
+            if row.start_timestamp != hour or row.end_timestamp - row.start_timestamp != HOUR:
+                raise _malformed(f"{_row_name(row)} is not one whole UTC hour (window_size HOUR)")
+            value = row.value
+            if value is not None and abs(value) >= LARGEST_STORED:
+                raise UsageTooLarge(f"Metronome returned usage {value} for {_row_name(row)}: larger than the "
+                                    f"ledger's DECIMAL(38,10) holds (|value| < 10^28); nothing is stored or sent "
+                                    "for these windows")
+            if row.billable_metric_id not in known:
+                unknown.add(f"{row.billable_metric_name} ({row.billable_metric_id})")
+            seq += 1
+            yield (seq, row.start_timestamp, row.end_timestamp, row.customer_id, row.billable_metric_id,
+                   row.billable_metric_name, None if value is None else str(value),
+                   None if value is None else format(value.normalize(), "f"))
 
 
 def fetch_usage(client: MetronomeClient, connect: Connect, windows: list[Window]) -> UsageResult:
     start, end = windows[0].start, windows[-1].end
     with connect() as conn:
         known = reportable_metrics(conn)
+        customers = snapshot_customer_ids(conn)
     if not known:
         raise NoReportableMetric("no reportable billable metric: materialize metronome_billable_metrics first, "
                                  "or check billable_metric_whitelist")
-    # Metronome takes only whole UTC days: ask for them, and keep our hours once every row is checked (a row
-    # straddling a window boundary is refused here rather than silently left out).
-    query_start, query_end = day_bounds(start, end)
-    rows, repeats = checked_rows(
-        client.list_usage(starting_on=query_start, ending_before=query_end, window_size="HOUR",
-                          billable_metric_ids=sorted(known)),
-        start, end)
-    if repeats:
-        logger.warning("Metronome returned %d usage row(s) twice with the same value: each is kept once", repeats)
-    fetched = datetime.now(timezone.utc)
-    unknown = sorted({f"{r.billable_metric_name} ({r.billable_metric_id})" for r in rows
-                      if r.billable_metric_id not in known})
-    with connect() as conn:
-        replace_usage(conn, start, end, [(r.start_timestamp, r.end_timestamp, r.customer_id, r.billable_metric_id,
-                                          r.billable_metric_name, r.value) for r in rows], fetched)
-        totals = usage_totals(conn, start, end)
-        preview = table_markdown(
-            conn, "SELECT window_start, customer_id, metric_name, value, value_was_null FROM usage "
-                  "WHERE window_start >= ? AND window_start < ? AND value <> 0 ORDER BY 1, 2, 3", [start, end])
+    # Metronome answers whole UTC days: the client drops the other hours, sharded over the customer snapshot
+    # (all customers when there is none yet). The rows stream to a file; the connection opens once they are in.
+    batches = client.iter_usage_overlapping(starting_on=start, ending_before=end, customer_ids=customers,
+                                            billable_metric_ids=sorted(known))
+    unknown: set[str] = set()
+    with ndjson_file(list(FETCHED_COLUMNS), _checked(batches, start, end, known, unknown)) as (path, _):
+        fetched = datetime.now(timezone.utc)
+        with connect() as conn:
+            done = replace_usage(conn, start, end, path, fetched)
+            if done.conflict is not None:
+                customer, metric, row_start, row_end, first, other = done.conflict
+                raise _malformed(f"customer {customer} metric '{metric}' ({iso(row_start)}..{iso(row_end)}) was "
+                                 f"returned twice with different values ({first} and {other})")
+            totals = usage_totals(conn, start, end)
+            preview = table_markdown(
+                conn, "SELECT window_start, customer_id, metric_name, value, value_was_null FROM usage "
+                      "WHERE window_start >= ? AND window_start < ? AND value <> 0 ORDER BY 1, 2, 3", [start, end])
+    if done.repeats:
+        logger.warning("Metronome returned %d usage row(s) twice with the same value: each is kept once",
+                       done.repeats)
     return UsageResult(
-        rows=len(rows), null_values=sum(1 for r in rows if r.value is None),
+        rows=done.rows, null_values=done.nulls,
         nonzero_rows=sum(int(n) for _, _, n in totals), totals={name: total for name, total, _ in totals},
-        unknown_metrics=unknown, preview=preview,
+        unknown_metrics=sorted(unknown), preview=preview,
     )

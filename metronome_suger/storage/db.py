@@ -140,6 +140,31 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def ndjson_file(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[tuple[str, int]]:
+    """``rows`` written to a temporary NDJSON file, yielding (path, row count); deleted on exit. Lets a slow
+    producer (an API read) stream to disk before any connection is opened (no list of all rows in memory)."""
+    count = 0
+    fd, tmp = tempfile.mkstemp(suffix=".ndjson", prefix="metronome_suger_")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps({n: _jsonable(v) for n, v in zip(names, row, strict=True)}))
+                out.write("\n")
+                count += 1
+        yield tmp, count
+    finally:
+        os.unlink(tmp)
+
+
+def insert_ndjson(conn: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str], path: str) -> None:
+    """One set-based insert of an :func:`ndjson_file` into ``table``, each column cast by DuckDB."""
+    spec = ", ".join(f"'{n}': 'VARCHAR'" for n in columns)
+    select = ", ".join(f"CAST({n} AS {t}) AS {n}" for n, t in columns.items())
+    conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "
+                 f"FROM read_json(?, format='newline_delimited', columns={{{spec}}})", [path])
+
+
 def bulk_insert(
     conn: duckdb.DuckDBPyConnection,
     table: str,
@@ -150,25 +175,9 @@ def bulk_insert(
 
     Decimals travel as strings and are cast by DuckDB, so no value passes through a float.
     """
-    names = list(columns)
-    count = 0
-    fd, tmp = tempfile.mkstemp(suffix=".ndjson", prefix="metronome_suger_")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps({n: _jsonable(v) for n, v in zip(names, row, strict=True)}))
-                out.write("\n")
-                count += 1
+    with ndjson_file(list(columns), rows) as (path, count):
         if count:
-            spec = ", ".join(f"'{n}': 'VARCHAR'" for n in names)
-            select = ", ".join(f"CAST({n} AS {t}) AS {n}" for n, t in columns.items())
-            conn.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} "
-                f"FROM read_json(?, format='newline_delimited', columns={{{spec}}})",
-                [tmp],
-            )
-    finally:
-        os.unlink(tmp)
+            insert_ndjson(conn, table, columns, path)
     return count
 
 

@@ -1,22 +1,25 @@
 """The ``usage`` table (quantity mode): Metronome's values per window × customer × metric, and the
 window's source read from it."""
 
-from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import duckdb
 
 from metronome_suger.core.conversion import Metric
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.db import QTY, insert_ndjson
 from metronome_suger.storage.window import MappingTables, Source
 
-_USAGE_COLUMNS = {
-    "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR", "metric_id": "VARCHAR",
-    "metric_name": "VARCHAR", "value": QTY, "value_was_null": "BOOLEAN", "fetched_at": "TIMESTAMPTZ",
-}
+
+def snapshot_customer_ids(conn: duckdb.DuckDBPyConnection) -> list[str] | None:
+    """The customers (archived included) of the latest snapshot; None when none was taken yet."""
+    rows = conn.execute(
+        """SELECT customer_id FROM customers WHERE snapshot_at = (SELECT max(snapshot_at) FROM customers)
+        ORDER BY customer_id"""
+    ).fetchall()
+    return [r[0] for r in rows] if rows else None
 
 
 def latest_metrics(conn: duckdb.DuckDBPyConnection) -> list[Metric]:
@@ -35,15 +38,66 @@ def reportable_metrics(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
     ).fetchall())
 
 
+# A fetched usage row, as the usage step streams it to disk: arrival order, the key, and the value twice: as
+# Metronome wrote it (for messages and the exact cast) and normalized (so 10 and 10.0 count as the same).
+FETCHED_COLUMNS = {
+    "seq": "BIGINT", "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR",
+    "metric_id": "VARCHAR", "metric_name": "VARCHAR", "value_text": "VARCHAR", "value_key": "VARCHAR",
+}
+FetchedRow = tuple[int, datetime, datetime, str, str, str | None, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """What :func:`replace_usage` did: rows stored, exact repeats dropped, null values; or, when a key came
+    back with two different values, that key (customer, metric name, start, end, first value, other value)
+    and nothing changed."""
+
+    rows: int = 0
+    repeats: int = 0
+    nulls: int = 0
+    conflict: tuple[str, str | None, datetime, datetime, str | None, str | None] | None = None
+
+
 def replace_usage(
-    conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-    rows: Iterable[tuple[datetime, datetime, str, str, str | None, Decimal | None]], fetched_at: datetime,
-) -> int:
-    """The windows in [start, end) hold exactly ``rows`` (start, end, customer, metric id, metric name,
-    value); a null value is stored as 0 and flagged."""
-    conn.execute("DELETE FROM usage WHERE window_start >= ? AND window_start < ?", [start, end])
-    return bulk_insert(conn, "usage", _USAGE_COLUMNS,
-                       ((s, e, c, m, n, 0 if v is None else v, v is None, fetched_at) for s, e, c, m, n, v in rows))
+    conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime, fetched: str, fetched_at: datetime,
+) -> Replaced:
+    """The windows in [start, end) hold exactly the rows of the ``fetched`` NDJSON file (``FETCHED_COLUMNS``),
+    each key once, in one transaction; a null value is stored as 0 and flagged. A key fetched twice with
+    different values changes nothing."""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE _fetched ({', '.join(f'{n} {t}' for n, t in FETCHED_COLUMNS.items())})")
+    try:
+        insert_ndjson(conn, "_fetched", FETCHED_COLUMNS, fetched)
+        clash = conn.execute(
+            """SELECT customer_id, any_value(metric_name), window_start, window_end,
+                      list(value_text ORDER BY seq), list(value_key ORDER BY seq)
+            FROM _fetched GROUP BY window_start, window_end, customer_id, metric_id
+            HAVING count(DISTINCT coalesce(value_key, 'null')) > 1 ORDER BY min(seq) LIMIT 1""").fetchall()
+        if clash:
+            customer, metric, row_start, row_end, texts, keys = clash[0]
+            other = next(text for text, key in zip(texts, keys, strict=True) if key != keys[0])
+            return Replaced(conflict=(customer, metric, row_start, row_end, texts[0], other))
+        conn.begin()
+        try:
+            conn.execute("DELETE FROM usage WHERE window_start >= ? AND window_start < ?", [start, end])
+            conn.execute(
+                f"""INSERT INTO usage (window_start, window_end, customer_id, metric_id, metric_name, value,
+                                       value_was_null, fetched_at)
+                SELECT window_start, window_end, customer_id, metric_id, metric_name,
+                       coalesce(CAST(value_text AS {QTY}), 0), value_text IS NULL, ?
+                FROM _fetched QUALIFY row_number() OVER (PARTITION BY window_start, customer_id, metric_id
+                                                         ORDER BY seq) = 1""", [fetched_at])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        rows, total, nulls = conn.execute(
+            """SELECT count(DISTINCT (window_start, customer_id, metric_id)), count(*),
+                      count(DISTINCT (window_start, customer_id, metric_id)) FILTER (WHERE value_text IS NULL)
+            FROM _fetched""").fetchall()[0]
+        return Replaced(rows=rows, repeats=total - rows, nulls=nulls)
+    finally:
+        conn.execute("DROP TABLE IF EXISTS _fetched")
 
 
 def usage_totals(conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[tuple[Any, ...]]:
