@@ -110,13 +110,19 @@ class UsageMixin:
         """Aggregate of the hours in [start, end) that have closed by `clock.now()`."""
         now = self.clock.now()
         with self._lock:
-            agg = self._metrics[metric_id]["aggregation_type"]
-            hours: list[datetime] = []
-            hour = floor_hour(start)
-            while hour < end and hour + HOUR <= now:
-                hours.append(hour)
-                hour += HOUR
-            return aggregate(agg, (self._hour_value(customer_id, metric_id, h) for h in hours))
+            return self._aggregate(customer_id, metric_id, start, end, now)
+
+    def _aggregate(
+        self, customer_id: str, metric_id: str, start: datetime, end: datetime, now: datetime
+    ) -> Decimal | None:
+        """The aggregate of the closed hours in [start, end); the caller holds the lock."""
+        agg = self._metrics[metric_id]["aggregation_type"]
+        hours: list[datetime] = []
+        hour = floor_hour(start)
+        while hour < end and hour + HOUR <= now:
+            hours.append(hour)
+            hour += HOUR
+        return aggregate(agg, (self._hour_value(customer_id, metric_id, h) for h in hours))
 
     def window_values(
         self, keys: Iterable[tuple[str, str, datetime, datetime]]
@@ -137,15 +143,7 @@ class UsageMixin:
                     out.append(self._hour_value(customer_id, metric_id, start) if closed
                                else Decimal(0))
                     continue
-                agg = self._metrics[metric_id]["aggregation_type"]
-                hours: list[datetime] = []
-                hour = floor_hour(start)
-                while hour < end and hour + HOUR <= now:
-                    hours.append(hour)
-                    hour += HOUR
-                out.append(
-                    aggregate(agg, (self._hour_value(customer_id, metric_id, h) for h in hours))
-                )
+                out.append(self._aggregate(customer_id, metric_id, start, end, now))
         return out
 
     def _hour_value(self, customer_id: str, metric_id: str, hour: datetime) -> Decimal | None:
