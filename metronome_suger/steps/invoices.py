@@ -35,7 +35,7 @@ from metronome_suger.storage.amounts import (
     seen_before,
     window_increase,
 )
-from metronome_suger.storage.db import Connect, table_markdown
+from metronome_suger.storage.db import Connect, table_markdown, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +93,11 @@ def _apply_window(
 ) -> tuple[Selection, Decimal]:
     """Snapshot + high water of one window in one transaction; returns the selection and the cents
     newly attributed to the window (0 when a re-run observes nothing above the high water)."""
-    conn.begin()
-    try:
+    with transaction(conn):
         selection = window_selection(conn, window, views, policy)
         replace_snapshots(conn, window, selection.kept(), fetched_at, selection.keys)
         added = record_observations(conn, window, selection.totals)
         crash_point("invoices.inside_high_water")
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
     return selection, added
 
 

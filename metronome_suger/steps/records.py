@@ -65,11 +65,10 @@ def compute_records(
                 continue
             result = plan_groups(WindowScope(tables, window, source), org_id=org_id,
                                  billing_mode=billing_mode, now=now)
-            out.groups += len(result.groups)
+            out.groups += result.groups
             out.lines += result.lines
-            for group in result.groups:
-                for dim, qty in group.records.items():
-                    out.totals[dim] = out.totals.get(dim, Decimal(0)) + qty
+            for dim, qty in result.totals.items():
+                out.totals[dim] = out.totals.get(dim, Decimal(0)) + qty
             out.over_reported += [
                 f"entitlement {ent} dimension {dim} in {window}: {reported} reported, Metronome now gives "
                 f"{current} (not sent as a negative)" for ent, dim, reported, current in result.over_reported

@@ -17,7 +17,7 @@ import duckdb
 from metronome_suger.core.ledger import NEEDS_ATTENTION, STATES, SUGER_STATUSES, Event, transition
 from metronome_suger.core.linkage import ENDED_STATUSES
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, sql_list
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_param, json_rows, sql_list
 
 # Closed groups are history: Suger holds them (even one it later marked INVALID or gave up forwarding,
 # which ``suger_record_status`` surfaces), or they expired. Open groups never reached Suger (pending, or
@@ -131,57 +131,54 @@ def record(conn: duckdb.DuckDBPyConnection, changes: Sequence[Change], now: date
     return int(fetch_one(conn, _APPLY_SQL.format(source=source), params)[0])
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupPlan:
+    """A new group of a window; its lines are the rows of a relation (see ``store_plan``)."""
+
     record_group_id: str
     revision: int
     entitlement_id: str
     customer_id: str
     partner: str
-    records: dict[str, Decimal]
 
 
-def open_group_ids(conn: duckdb.DuckDBPyConnection, window: Window) -> list[str]:
-    return [r[0] for r in conn.execute(
-        f"SELECT record_group_id FROM report_ledger WHERE window_start = ? AND NOT {CLOSED_SQL}", [window.start]
-    ).fetchall()]
+_PLAN_COLUMNS = {"record_group_id": "VARCHAR", "revision": "INTEGER", "entitlement_id": "VARCHAR",
+                 "customer_id": "VARCHAR", "partner": "VARCHAR"}
+_STORE_PLAN_SQL = """INSERT INTO report_ledger (record_group_id, revision, window_start, window_end, entitlement_id,
+    customer_id, partner, timestamp, records, status, dollars, created_at, updated_at)
+SELECT g.record_group_id, g.revision, $start, $end, g.entitlement_id, g.customer_id, g.partner, $timestamp,
+       l.records, 'pending', l.dollars, $now, $now
+FROM {groups} g JOIN (
+    SELECT l.entitlement_id,
+           to_json(map(list(l.dimension_key ORDER BY l.dimension_key),
+                       list(CAST(l.quantity AS VARCHAR) ORDER BY l.dimension_key))) AS records,
+           -- what the group is worth at the entitlement's prices: the revenue at stake if it expires
+           coalesce(sum(CAST(l.quantity * m.rate AS {qty})), 0) AS dollars
+    FROM {lines} l LEFT JOIN {matches} m ON m.entitlement_id = l.entitlement_id AND m.target = l.dimension_key
+    GROUP BY l.entitlement_id
+) l USING (entitlement_id)"""
 
 
-def store_plan(
-    conn: duckdb.DuckDBPyConnection, window: Window, groups: Sequence[GroupPlan], matches: str, now: datetime
-) -> None:
-    """Replace the window's open groups by ``groups`` (inserted ``pending``, with their lines) and price
-    them at the entitlement's rates through the ``matches`` relation; closed groups are history."""
-    open_ids = open_group_ids(conn, window)
-    for table in ("report_lines", "report_ledger"):
-        conn.execute(f"DELETE FROM {table} WHERE record_group_id IN (SELECT unnest(?::VARCHAR[]))", [open_ids])
-    bulk_insert(
-        conn,
-        "report_ledger",
-        {"record_group_id": "VARCHAR", "revision": "INTEGER", "window_start": "TIMESTAMPTZ",
-         "window_end": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "customer_id": "VARCHAR",
-         "partner": "VARCHAR", "timestamp": "TIMESTAMPTZ", "records": "JSON", "status": "VARCHAR",
-         "created_at": "TIMESTAMPTZ", "updated_at": "TIMESTAMPTZ"},
-        [(g.record_group_id, g.revision, window.start, window.end, g.entitlement_id, g.customer_id,
-          g.partner, window.report_timestamp,
-          json.dumps({k: str(v) for k, v in sorted(g.records.items())}), "pending", now, now)
-         for g in groups],
-    )
-    bulk_insert(
-        conn,
-        "report_lines",
-        {"record_group_id": "VARCHAR", "dimension_key": "VARCHAR", "quantity": QTY},
-        [(g.record_group_id, k, v) for g in groups for k, v in g.records.items()],
-    )
-    # What each pending group is worth at the entitlement's prices: the revenue at stake if it expires.
+def store_plan(conn: duckdb.DuckDBPyConnection, window: Window, groups: Sequence[GroupPlan], lines: str,
+               matches: str, now: datetime) -> None:
+    """Replace the window's open groups by ``groups``, inserted ``pending`` with their lines (the rows of the
+    relation ``lines``: entitlement_id, dimension_key, quantity) and priced at the entitlement's rates
+    through the ``matches`` relation. Closed groups are history. Set-based: no row passes through Python."""
+    open_ids = f"SELECT record_group_id FROM report_ledger WHERE window_start = ? AND NOT {CLOSED_SQL}"
+    conn.execute(f"DELETE FROM report_lines WHERE record_group_id IN ({open_ids})", [window.start])
+    conn.execute(f"DELETE FROM report_ledger WHERE window_start = ? AND NOT {CLOSED_SQL}", [window.start])
+    if not groups:
+        return
     conn.execute(
-        f"""UPDATE report_ledger g SET dollars = coalesce((
-            SELECT sum(CAST(l.quantity * m.rate AS {QTY})) FROM report_lines l
-            JOIN {matches} m ON m.entitlement_id = g.entitlement_id AND m.target = l.dimension_key
-            WHERE l.record_group_id = g.record_group_id), 0)
-        WHERE g.window_start = ? AND g.status = 'pending'""",
-        [window.start],
+        _STORE_PLAN_SQL.format(groups=json_rows(_PLAN_COLUMNS, "$plan"), lines=lines, matches=matches, qty=QTY),
+        {"start": window.start, "end": window.end, "timestamp": window.report_timestamp, "now": now,
+         "plan": json_param(_PLAN_COLUMNS, [(g.record_group_id, g.revision, g.entitlement_id, g.customer_id, g.partner)
+                                         for g in groups])},
     )
+    conn.execute(f"""INSERT INTO report_lines (record_group_id, dimension_key, quantity)
+        SELECT g.record_group_id, l.dimension_key, l.quantity FROM {lines} l
+        JOIN report_ledger g ON g.entitlement_id = l.entitlement_id
+        WHERE g.window_start = ? AND NOT {CLOSED_SQL}""", [window.start])
 
 
 def flagged_groups(conn: duckdb.DuckDBPyConnection, window: Window) -> list[tuple[str, str, str, str, str]]:

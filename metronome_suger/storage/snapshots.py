@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.storage.db import QTY, bulk_insert
+from metronome_suger.storage.db import QTY, bulk_insert, transaction
 
 
 def store_customers(
@@ -42,8 +42,7 @@ def store_links(
     problem) and the dimensions (entitlement, key, name, rate) of the linked entitlements. A
     dimensions problem says why an entitlement's dimension list is incomplete (mapping_completeness
     then blocks its windows)."""
-    conn.begin()  # one snapshot, seen whole: a concurrent reader never finds entitlements without dimensions
-    try:
+    with transaction(conn):  # one snapshot, seen whole: a concurrent reader never finds entitlements without dimensions
         bulk_insert(conn, "entitlements",
                     {"snapshot_at": "TIMESTAMPTZ", "metronome_customer_id": "VARCHAR", "buyer_id": "VARCHAR",
                      "entitlement_id": "VARCHAR", "partner": "VARCHAR", "status": "VARCHAR",
@@ -54,7 +53,3 @@ def store_links(
                     {"snapshot_at": "TIMESTAMPTZ", "entitlement_id": "VARCHAR", "dimension_key": "VARCHAR",
                      "dimension_name": "VARCHAR", "rate": QTY},
                     [(at, *row) for row in dimensions])
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise

@@ -9,7 +9,7 @@ import duckdb
 
 from metronome_suger.core.conversion import Metric
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, insert_ndjson
+from metronome_suger.storage.db import QTY, insert_ndjson, transaction
 from metronome_suger.storage.window import MappingTables, Source
 
 
@@ -77,8 +77,7 @@ def replace_usage(
             customer, metric, row_start, row_end, texts, keys = clash[0]
             other = next(text for text, key in zip(texts, keys, strict=True) if key != keys[0])
             return Replaced(conflict=(customer, metric, row_start, row_end, texts[0], other))
-        conn.begin()
-        try:
+        with transaction(conn):
             conn.execute("DELETE FROM usage WHERE window_start >= ? AND window_start < ?", [start, end])
             conn.execute(
                 f"""INSERT INTO usage (window_start, window_end, customer_id, metric_id, metric_name, value,
@@ -87,10 +86,6 @@ def replace_usage(
                        coalesce(CAST(value_text AS {QTY}), 0), value_text IS NULL, ?
                 FROM _fetched QUALIFY row_number() OVER (PARTITION BY window_start, customer_id, metric_id
                                                          ORDER BY seq) = 1""", [fetched_at])
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
         rows, total, nulls = conn.execute(
             """SELECT count(DISTINCT (window_start, customer_id, metric_id)), count(*),
                       count(DISTINCT (window_start, customer_id, metric_id)) FILTER (WHERE value_text IS NULL)
