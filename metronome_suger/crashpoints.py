@@ -17,8 +17,8 @@ CRASH_ENV = "METRONOME_SUGER_CRASH_AT"
 POINTS: dict[str, str] = {
     "report.before_post": "a pending group is about to be POSTed to Suger",
     "report.after_post": "Suger stored the group; its answer is not yet in the ledger",
-    "report.after_ledger_write": "Suger's answer for one group is committed to the ledger",
-    "report.between_groups": "one group of the window is sent and recorded, others are not yet",
+    "report.between_groups": "a group is answered (its answer maybe not yet saved), others are not yet sent",
+    "report.after_ledger_write": "a batch of Suger's answers is committed to the ledger",
     "invoices.inside_high_water": "the amount-mode snapshot and high water are written but not committed",
     "status.after_answer": "the status poll has Suger's statuses; the ledger is not yet updated",
 }

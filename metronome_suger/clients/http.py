@@ -474,7 +474,8 @@ def map_bounded(fn: Callable[[T], R], items: Iterable[T], *, max_workers: int = 
 
 
 def iter_bounded(
-    fn: Callable[[T], R], items: Iterable[T], *, max_workers: int
+    fn: Callable[[T], R], items: Iterable[T], *, max_workers: int,
+    on_idle: tuple[float, Callable[[], None]] | None = None,
 ) -> Generator[tuple[T, R | BaseException], None, None]:
     """Run ``fn`` over ``items`` on at most ``max_workers`` threads and yield ``(item, result)`` as
     each call completes (completion order), so the caller can act on each answer as it arrives.
@@ -482,15 +483,19 @@ def iter_bounded(
     A call that raises yields ``(item, exception)`` instead: the exception is returned, not raised,
     so one failure loses none of the other answers. ``items`` is read lazily and at most
     ``max_workers`` calls are in flight. Closing the iterator early starts no further calls and
-    waits for the ones already running.
+    waits for the ones already running. ``on_idle`` = (seconds, callback): the callback runs (in the
+    consumer's thread) each time that long passes with no call completing, so a caller holding
+    unsaved answers can save them while a slow call (a long backoff) is still out.
     """
     _check_workers(max_workers)  # now, not at the first next()
-    return _as_completed(fn, iter(items), max_workers)
+    return _as_completed(fn, iter(items), max_workers, on_idle)
 
 
 def _as_completed(
-    fn: Callable[[T], R], todo: Iterator[T], max_workers: int
+    fn: Callable[[T], R], todo: Iterator[T], max_workers: int,
+    on_idle: tuple[float, Callable[[], None]] | None,
 ) -> Generator[tuple[T, R | BaseException], None, None]:
+    idle, callback = on_idle if on_idle else (None, None)
     running: dict[Future[R], T] = {}
     with _bounded_pool(max_workers) as pool:
         try:
@@ -501,7 +506,9 @@ def _as_completed(
                         break
                 if not running:
                     return
-                done, _ = wait_futures(running, return_when=FIRST_COMPLETED)
+                done, _ = wait_futures(running, timeout=idle, return_when=FIRST_COMPLETED)
+                if not done and callback is not None:
+                    callback()
                 for future in done:
                     item = running.pop(future)
                     error = future.exception()

@@ -1,6 +1,7 @@
-"""Hand a window's pending record groups to Suger: urgent first, each once; 409 is success; every answer
-is written to the ledger (through the state machine) as soon as it arrives."""
+"""Hand a window's pending record groups to Suger: urgent first, each once; 409 is success; the answers are
+written to the ledger (through the state machine) in small batches as they arrive."""
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +50,35 @@ def answer_change(group: LedgerGroup, answer: ReportResult | BaseException) -> C
     return Change(gid, group.status, Event.CREATED, suger_status=answer.group.status if answer.group else "CREATED")
 
 
+FLUSH_ANSWERS, FLUSH_SECONDS = 100, 1.0  # at most this many answers, or this long, unsaved
+
+
+class Unsaved:
+    """Suger's answers not yet in the ledger, written in one statement per batch: when ``FLUSH_ANSWERS`` are
+    waiting, when the oldest waited ``FLUSH_SECONDS``, and at the end. A crash loses at most that batch: those
+    groups stay ``pending`` and the next run re-sends them under the same ids, which Suger answers 409."""
+
+    def __init__(self, write: Callable[[list[Change]], object]) -> None:
+        self._write, self._changes, self._since = write, list[Change](), 0.0
+
+    def add(self, change: Change) -> None:
+        if not self._changes:
+            self._since = time.monotonic()
+        self._changes.append(change)
+        self.flush_due()
+
+    def flush_due(self) -> None:
+        if len(self._changes) >= FLUSH_ANSWERS or (
+                self._changes and time.monotonic() - self._since >= FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._changes:
+            self._write(self._changes)
+            self._changes = []
+            crash_point("report.after_ledger_write")
+
+
 def _due(
     connect: Connect, windows: Sequence[Window], conv: Conversion, deadlines: Deadlines, now: datetime,
     out: ReportOutcome,
@@ -75,6 +105,19 @@ def _due(
     return sorted(todo, key=lambda g: deadlines.send_order(now, g.timestamp, g.partner, g.ended_at))
 
 
+def _tally(out: ReportOutcome, group: LedgerGroup, change: Change) -> None:
+    if change.event in (Event.CREATED, Event.DUPLICATE):
+        out.sent += 1
+        return
+    if change.event == Event.REFUSED:
+        out.rejected += 1
+    else:
+        out.not_sent += 1
+    out.problems.append(f"group {group.record_group_id} (entitlement {group.entitlement_id}, "
+                        f"{group.timestamp:%Y-%m-%dT%H:%MZ}) {transition(group.status, change.event).to}: "
+                        f"{change.message}")
+
+
 def report_windows(
     client: Callable[[], SugerClient], connect: Connect, windows: Sequence[Window], conv: Conversion, *,
     org_id: str, deadlines: Deadlines, auto_report: bool, dry_run: bool, max_workers: int,
@@ -96,25 +139,19 @@ def report_windows(
             crash_point("report.before_post")
             return suger.report_usage_record_group(payload(org_id, group))
 
-        answers = iter_bounded(post, todo, max_workers=max_workers)
         with connect() as conn:
-            for done, (group, answer) in enumerate(answers, start=1):
-                change = answer_change(group, answer)
-                crash_point("report.after_post")
-                record(conn, [change], clock())
-                crash_point("report.after_ledger_write")
-                if done < len(todo):
-                    crash_point("report.between_groups")
-                if change.event in (Event.CREATED, Event.DUPLICATE):
-                    out.sent += 1
-                    continue
-                if change.event == Event.REFUSED:
-                    out.rejected += 1
-                else:
-                    out.not_sent += 1
-                out.problems.append(f"group {group.record_group_id} (entitlement {group.entitlement_id}, "
-                                    f"{group.timestamp:%Y-%m-%dT%H:%MZ}) {transition(group.status, change.event).to}: "
-                                    f"{change.message}")
+            unsaved = Unsaved(lambda changes: record(conn, changes, clock()))
+            answers = iter_bounded(post, todo, max_workers=max_workers, on_idle=(FLUSH_SECONDS, unsaved.flush_due))
+            try:
+                for done, (group, answer) in enumerate(answers, start=1):
+                    change = answer_change(group, answer)
+                    crash_point("report.after_post")
+                    unsaved.add(change)
+                    if done < len(todo):
+                        crash_point("report.between_groups")
+                    _tally(out, group, change)
+            finally:  # what was answered is saved, whatever stopped the loop
+                unsaved.flush()
     return out
 
 

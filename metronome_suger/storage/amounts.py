@@ -6,6 +6,7 @@ it, and the cents that window attributes to the key. A window's attribution only
 what lets ``suger_usage_records`` send just the positive difference on a re-run.
 """
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ import duckdb
 from metronome_suger.core.amounts import InvoiceView, KeyTotal, Seen, WindowRow, observe_in_window
 from metronome_suger.core.conversion import AMOUNT_SOURCE_KEY
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert, fetch_one
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list
 from metronome_suger.storage.window import USABLE_LINK_SQL, Source
 
 
@@ -37,12 +38,12 @@ def seen_before(conn: duckdb.DuckDBPyConnection, window: Window, invoice_ids: It
     """Per invoice: observed open (DRAFT, or any status Metronome may add) / FINALIZED in any window
     before this one."""
     rows = conn.execute(
-        """SELECT invoice_id, bool_or(upper(status) NOT IN ('FINALIZED', 'VOID')),
+        f"""SELECT invoice_id, bool_or(upper(status) NOT IN ('FINALIZED', 'VOID')),
                   bool_or(upper(status) = 'FINALIZED')
         FROM invoice_snapshots
-        WHERE window_start < ? AND invoice_id IN (SELECT unnest(?::VARCHAR[]))
+        WHERE window_start < ? AND invoice_id IN (SELECT unnest({json_list('VARCHAR')}))
         GROUP BY invoice_id""",
-        [window.start, sorted(set(invoice_ids))],
+        [window.start, json.dumps(sorted(set(invoice_ids)))],
     ).fetchall()
     return {invoice_id: Seen(bool(draft), bool(finalized)) for invoice_id, draft, finalized in rows}
 
@@ -72,10 +73,10 @@ def recorded_keys(conn: duckdb.DuckDBPyConnection, invoice_ids: Iterable[str]) -
     """Invoice id -> the history key its latest tracked snapshot was filed under (any window): what
     lineage continues (``core.amounts.lineage_keys``)."""
     rows = conn.execute(
-        """SELECT invoice_id, arg_max(history_key, window_start) FROM invoice_snapshots
-        WHERE history_key IS NOT NULL AND invoice_id IN (SELECT unnest(?::VARCHAR[]))
+        f"""SELECT invoice_id, arg_max(history_key, window_start) FROM invoice_snapshots
+        WHERE history_key IS NOT NULL AND invoice_id IN (SELECT unnest({json_list('VARCHAR')}))
         GROUP BY invoice_id""",
-        [sorted(set(invoice_ids))],
+        [json.dumps(sorted(set(invoice_ids)))],
     ).fetchall()
     return {invoice_id: key for invoice_id, key in rows}
 
@@ -111,11 +112,11 @@ def replace_snapshots(
 def _prior(conn: duckdb.DuckDBPyConnection, window: Window, keys: list[str]) -> dict[str, tuple[Decimal, Decimal]]:
     """key -> (high water over every window of the key, cents this window already attributes)."""
     rows = conn.execute(
-        """SELECT history_key, max(high_water_cents),
+        f"""SELECT history_key, max(high_water_cents),
                   coalesce(max(increase_cents) FILTER (WHERE window_start = ?), 0)
-        FROM invoice_high_water WHERE history_key IN (SELECT unnest(?::VARCHAR[]))
+        FROM invoice_high_water WHERE history_key IN (SELECT unnest({json_list('VARCHAR')}))
         GROUP BY history_key""",
-        [window.start, keys],
+        [window.start, json.dumps(keys)],
     ).fetchall()
     return {key: (high, done) for key, high, done in rows}
 

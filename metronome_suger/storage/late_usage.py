@@ -5,6 +5,7 @@ compares them with ``usage`` per window, so a sensor tick costs one round trip w
 customers. Reads only (temp tables work on a read-only connection).
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.storage.db import QTY, bulk_insert, fetch_one
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list
 from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
@@ -129,9 +130,9 @@ def amount_window_was_run(conn: duckdb.DuckDBPyConnection, window_start: datetim
 def high_waters(conn: duckdb.DuckDBPyConnection, history_keys: Sequence[str]) -> dict[str, Decimal]:
     """The highest total already observed per history key, over every window (what a run compares with)."""
     rows = conn.execute(
-        """SELECT history_key, max(high_water_cents) FROM invoice_high_water
-        WHERE list_contains(?::VARCHAR[], history_key) GROUP BY history_key""",
-        [list(history_keys)],
+        f"""SELECT history_key, max(high_water_cents) FROM invoice_high_water
+        WHERE history_key IN (SELECT unnest({json_list('VARCHAR')})) GROUP BY history_key""",
+        [json.dumps(list(history_keys))],
     ).fetchall()
     return {key: Decimal(high) for key, high in rows}
 
@@ -141,8 +142,8 @@ def customer_partners(conn: duckdb.DuckDBPyConnection, customer_ids: Sequence[st
     rows = conn.execute(
         f"""SELECT metronome_customer_id, list(DISTINCT partner ORDER BY partner) FROM entitlements
         WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-          AND {USABLE_LINK_SQL} AND list_contains(?::VARCHAR[], metronome_customer_id)
+          AND {USABLE_LINK_SQL} AND metronome_customer_id IN (SELECT unnest({json_list('VARCHAR')}))
         GROUP BY 1""",
-        [list(customer_ids)],
+        [json.dumps(list(customer_ids))],
     ).fetchall()
     return {customer: list(partners) for customer, partners in rows}

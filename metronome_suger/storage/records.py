@@ -88,11 +88,11 @@ def plan_groups(scope: WindowScope, *, org_id: str, billing_mode: str, now: date
         )
         result = RecordsResult(groups=len(groups))
         result.lines = int(fetch_one(
-            conn, "SELECT count(*) FROM usage_records WHERE window_start = ? AND computed_at = ?", [window.start, now])[0])
+            conn, "SELECT count(*) FROM usage_records WHERE window_start = ? AND computed_at = ?",
+            [window.start, now])[0])
         result.totals = dict(conn.execute(f"SELECT dimension_key, sum(quantity) FROM {LINES} GROUP BY 1").fetchall())
-        result.over_reported = conn.execute(
-            f"SELECT entitlement_id, dimension_key, reported, target FROM {DELTAS} WHERE target < reported ORDER BY 1, 2"
-        ).fetchall()
+        result.over_reported = conn.execute(f"""SELECT entitlement_id, dimension_key, reported, target FROM {DELTAS}
+            WHERE target < reported ORDER BY 1, 2""").fetchall()
         conn.execute("DELETE FROM over_reported WHERE window_start = ?", [window.start])
         conn.execute(f"""INSERT INTO over_reported SELECT ?, entitlement_id, dimension_key, reported, target, ?
             FROM {DELTAS} WHERE target < reported""", [window.start, now])

@@ -348,3 +348,22 @@ def test_map_bounded_edge_cases() -> None:
     assert map_bounded(lambda x: x + 1, [1, 2], max_workers=1) == [2, 3]
     with pytest.raises(ValueError):
         map_bounded(lambda x: x, [1], max_workers=0)
+
+
+def test_iter_bounded_calls_on_idle_while_a_slow_call_is_out() -> None:
+    """The caller can save what it holds while no call completes (a long backoff): the slow call here finishes
+    only once the idle callback ran, in the caller's thread."""
+    idle_ran = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def on_idle() -> None:
+        threads.append(threading.current_thread())
+        idle_ran.set()
+
+    def slow(n: int) -> int:
+        if not idle_ran.wait(timeout=10):
+            raise AssertionError("the idle callback never ran")
+        return n
+
+    assert list(iter_bounded(slow, [7], max_workers=1, on_idle=(0.01, on_idle))) == [(7, 7)]
+    assert threads and set(threads) == {threading.current_thread()}

@@ -7,7 +7,8 @@ left held. Each test runs its DuckDB and PostgreSQL variants side by side (one s
 
 The runs use Dagster's in-process executor, so the kill hits the ``dagster`` process itself (the default
 multiprocess executor would put each step in a child process: the same kill, about eight times the cost per run here).
-``max_concurrency: 1`` makes the POSTs sequential, so each kill leaves a known number of groups at Suger.
+``max_concurrency: 1`` makes the POSTs sequential, so each kill leaves a known number of groups at Suger (the ledger
+saves answers in batches: see ``REPORT_KILLS``).
 """
 
 import json
@@ -206,12 +207,15 @@ def assert_exact(case: Case) -> tuple[int, int]:
     return duplicates, lost
 
 
-# (point, pass) → groups at Suger after the kill, and how many of them the ledger already records as sent
-REPORT_KILLS = {
-    ("report.before_post", 1): (0, 0),  # nothing handed over
-    ("report.after_post", 2): (2, 1),  # the 2nd group is at Suger, its answer died with the process
-    ("report.between_groups", 2): (2, 2),  # two groups sent and recorded, the third not sent
-    ("report.after_ledger_write", 3): (3, 3),  # everything recorded; the step died before releasing its claim
+# (point, pass) → the possible numbers of groups at Suger after the kill, and of them recorded as sent in the ledger
+# (``None``: all of them). Answers are saved in batches, when 100 wait or the oldest waited 1 s, and at the end: on a
+# machine that stalls a second between two POSTs a batch is saved earlier, which the sets allow. Whatever was
+# saved, the re-run must send each unsaved group again and be answered 409.
+REPORT_KILLS: dict[tuple[str, int], tuple[set[int], set[int] | None]] = {
+    ("report.before_post", 1): ({0}, {0}),  # nothing handed over
+    ("report.after_post", 2): ({2}, {0, 1}),  # the 2nd group is at Suger, its answer died unsaved (the 1st's too)
+    ("report.between_groups", 2): ({2}, {0, 1, 2}),  # two groups answered, their batch unsaved; the third not sent
+    ("report.after_ledger_write", 1): ({1, 2, 3}, None),  # the batch saved (normally all 3), the claim still held
 }
 
 
@@ -219,15 +223,19 @@ REPORT_KILLS = {
 def test_a_kill_on_the_reporting_path_then_a_rerun_sends_each_group_exactly_once(
     tmp_path: Path, postgres_ledger: PostgresLedger, point: str, nth: int,
 ) -> None:
-    at_suger, recorded = REPORT_KILLS[point, nth]
+    possible_at_suger, possible_recorded = REPORT_KILLS[point, nth]
+    kept: dict[str, tuple[int, int]] = {}
     with crash_cases(tmp_path, postgres_ledger) as cases:
         for case, killed in zip(cases, materialize(cases, crash_at=f"{point}@{nth}"), strict=True):
             assert_killed(killed, point, nth)
             suger_ids = {g["id"] for g in sent_groups(case.sb)}
             ledger = case.ledger()
             sent = {gid for gid, row in ledger.items() if row[0] == "sent"}
-            assert len(ledger) == 3 and len(suger_ids) == at_suger, (case.backend, ledger, suger_ids)
-            assert sent <= suger_ids and len(sent) == recorded, (case.backend, ledger)
+            at_suger, recorded = len(suger_ids), len(sent)
+            kept[case.backend] = (at_suger, recorded)
+            assert len(ledger) == 3 and at_suger in possible_at_suger, (case.backend, ledger, suger_ids)
+            assert recorded in (possible_recorded or {at_suger}), (case.backend, ledger)
+            assert sent <= suger_ids  # the ledger never says sent before Suger has it
             assert {row[0] for gid, row in ledger.items() if gid not in sent} <= {"pending"}
             assert suger_ids <= set(ledger)  # nothing reached Suger that the ledger does not know
             assert [e.status for e in case.group_posts()] == [200] * at_suger
@@ -236,6 +244,7 @@ def test_a_kill_on_the_reporting_path_then_a_rerun_sends_each_group_exactly_once
             case.pin_held_leases()
         for case, rerun in zip(cases, materialize(cases), strict=True):
             assert rerun.returncode == 0 and "crash point" not in rerun.err, rerun.err[-3000:]
+            at_suger, recorded = kept[case.backend]
             limbo = at_suger - recorded  # at Suger, pending in the ledger: the re-run's POST is answered 409
             again = case.group_posts()[at_suger:]  # the re-run's POSTs
             assert Counter(e.status for e in again) == Counter({200: 3 - at_suger, 409: limbo})
