@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from metronome_suger.orchestration.resources import ClockResource  # noqa: E402
 from metronome_suger.sandbox.bench_world import BASE_DIMENSIONS, BASE_METRICS, bench_config_data  # noqa: E402
 from metronome_suger.sandbox.metronome_usage_routes import USAGE_PAGE_SIZE  # noqa: E402
 from metronome_suger.sandbox.process import emulator_processes  # noqa: E402
+from metronome_suger.sandbox.procstats import cpu_seconds, peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -82,7 +82,7 @@ class Plan:
 
 HOURLY = Plan("2026-11-25-13:00", datetime(2026, 11, 25, 13, tzinfo=timezone.utc),
               datetime(2026, 11, 25, 14, tzinfo=timezone.utc), datetime(2026, 11, 25, 14, 5, tzinfo=timezone.utc),
-              datetime(2026, 11, 25, 14, 20, tzinfo=timezone.utc))  # window end + settle (15) + 5, as bench_window
+              datetime(2026, 11, 25, 14, 20, tzinfo=timezone.utc))  # window end + settle (15) + 5
 DAILY = Plan("2026-11-24", datetime(2026, 11, 24, tzinfo=timezone.utc), datetime(2026, 11, 25, tzinfo=timezone.utc),
              datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc), datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc))
 PLANS = {"quantity": HOURLY, "amount_hourly": HOURLY, "amount_daily": DAILY}
@@ -125,27 +125,6 @@ def _read(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except OSError:
         return ""
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux: 5 to clear_refs) so the next read is this run's peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    for line in _read("/proc/self/status").splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # lifetime peak where VmHWM is missing
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------- bounds

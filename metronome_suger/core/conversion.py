@@ -159,16 +159,20 @@ class MatchedDimension:
 def dimension_matches(
     entitlements: Iterable[LinkedEntitlement], rows: Sequence[MappingRow]
 ) -> list[MatchedDimension]:
-    """Every unambiguous match of a target mapped for each entitlement's partner."""
+    """Every unambiguous match of a target mapped for each entitlement's partner. Entitlements of one product
+    share their dimension list: each distinct (partner, list) is matched once."""
     targets: dict[str, set[str]] = {}
     for row in rows:
         targets.setdefault(row.partner, set()).add(row.dimension_key)
-    out = []
+    sharing: dict[tuple[str, tuple[Dimension, ...]], list[str]] = {}
     for ent in entitlements:
-        for target in sorted(targets.get(ent.partner, ())):
-            found = ent.match(target).dimension
+        sharing.setdefault((ent.partner, ent.dimensions), []).append(ent.entitlement_id)
+    out = []
+    for (partner, dimensions), ids in sharing.items():
+        for target in sorted(targets.get(partner, ())):
+            found = match_dimension(target, dimensions).dimension
             if found is not None:
-                out.append(MatchedDimension(ent.entitlement_id, target, found.key, found.rate))
+                out += [MatchedDimension(ent_id, target, found.key, found.rate) for ent_id in ids]
     return out
 
 
@@ -208,16 +212,19 @@ def find_gaps(
         needed_by_partner.setdefault(partner, set()).add(source_key)
         if not mapped.get((partner, source_key)):
             gaps.add(MappingGap(partner, source_key, reason=why))
-    for ent in entitlements:
-        for source_key in needed_by_partner.get(ent.partner, ()):
-            for row in mapped.get((ent.partner, source_key), []):
-                found = ent.match(row.dimension_key)
+    sharing: dict[tuple[str, tuple[Dimension, ...], str | None], list[str]] = {}
+    for ent in entitlements:  # entitlements of one product share their dimension list: checked once
+        sharing.setdefault((ent.partner, ent.dimensions, ent.problem), []).append(ent.entitlement_id)
+    for (partner, dimensions, problem), ids in sharing.items():
+        for source_key in needed_by_partner.get(partner, ()):
+            for row in mapped.get((partner, source_key), []):
+                found = match_dimension(row.dimension_key, dimensions)
                 reason = found.problem
-                if ent.problem:  # a key past the listed ones could change any match: block the window
-                    reason = f"cannot be checked ({ent.problem})"
+                if problem:  # a key past the listed ones could change any match: block the window
+                    reason = f"cannot be checked ({problem})"
                 elif found.dimension is not None and row.mapping_mode == "AMOUNT" \
                         and not (found.dimension.rate or 0) > 0:
                     reason = NO_RATE
                 if reason:
-                    gaps.add(MappingGap(ent.partner, source_key, row.dimension_key, ent.entitlement_id, reason))
+                    gaps.update(MappingGap(partner, source_key, row.dimension_key, ent_id, reason) for ent_id in ids)
     return sorted(gaps, key=lambda g: (g.partner, g.source_key, g.dimension_key or "", g.entitlement_id or ""))

@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import re
-import resource
 import selectors
 import signal
 import socket
@@ -56,6 +55,7 @@ from metronome_suger.sandbox.constants import DEFAULT_HOST, METRONOME_TOKEN, ORG
 from metronome_suger.sandbox.faults import Faults
 from metronome_suger.sandbox.metronome_app import create_metronome_app
 from metronome_suger.sandbox.metronome_state import MetronomeState
+from metronome_suger.sandbox.procstats import cpu_seconds, peak_rss_bytes, reset_peak_rss, rss_bytes
 from metronome_suger.sandbox.scenario import build_scenario
 from metronome_suger.sandbox.suger_app import create_suger_app
 from metronome_suger.sandbox.suger_state import SugerState
@@ -88,7 +88,7 @@ class EmulatorMiddleware:
         self.name, self.clock, self.latency, self.on_clock = name, clock, latency, on_clock
         self.counts: Counter[str] = Counter()
         self._templates: dict[tuple[str, str], str] = {}
-        self._cpu_at_reset = _cpu_seconds()
+        self._cpu_at_reset = cpu_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,15 +123,15 @@ class EmulatorMiddleware:
         return found
 
     def stats(self) -> dict[str, Any]:
-        cpu = _cpu_seconds()
+        cpu = cpu_seconds()
         return {
             "emulator": self.name,
             "requests": dict(sorted(self.counts.items())),
             "total": sum(self.counts.values()),
             "cpu_seconds": cpu,
             "cpu_seconds_since_reset": cpu - self._cpu_at_reset,
-            "rss_peak_bytes": _rss_peak_bytes(),
-            "rss_bytes": _rss_bytes(),
+            "rss_peak_bytes": peak_rss_bytes(),
+            "rss_bytes": rss_bytes(),
             "latency": self.latency,
             "now": fmt(self.clock.now()),
         }
@@ -143,7 +143,8 @@ class EmulatorMiddleware:
             response = JSONResponse(self.stats())
         elif method == "POST" and path == "/_sandbox/stats/reset":
             self.counts.clear()
-            self._cpu_at_reset = _cpu_seconds()
+            self._cpu_at_reset = cpu_seconds()
+            reset_peak_rss()
             response = JSONResponse(self.stats())
         elif method == "POST" and path == "/_sandbox/clock":
             try:
@@ -166,24 +167,6 @@ async def _read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if message["type"] != "http.request" or not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _rss_peak_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 # --------------------------------------------------------------------------------- the child

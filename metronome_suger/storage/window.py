@@ -16,7 +16,7 @@ import duckdb
 from metronome_suger.core.conversion import Dimension, LinkedEntitlement, MappingRow, dimension_matches
 from metronome_suger.core.linkage import ENDED_STATUSES, USABLE_STATUSES
 from metronome_suger.core.windows import Window
-from metronome_suger.storage.db import QTY, bulk_insert, sql_list
+from metronome_suger.storage.db import QTY, bulk_insert, json_param, json_rows, sql_list
 
 # ``core.linkage.reports_usage`` in SQL, over an ``entitlements`` row. Usage is reported to a link only for
 # windows that start before its end time (and end after its start): see ``WindowScope``.
@@ -64,34 +64,49 @@ class MappingTables:
                      "mapping_mode": "VARCHAR", "multiplier": QTY},
                     [(r.partner, r.source_key, r.dimension_key, r.mapping_mode, r.multiplier) for r in mapping])
         self.entitlements = self._entitlements()
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.matches} (entitlement_id VARCHAR, target VARCHAR, "
-                     f"dimension_key VARCHAR, rate {QTY})")
-        bulk_insert(conn, self.matches,
-                    {"entitlement_id": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY},
-                    [(m.entitlement_id, m.target, m.dimension_key, m.rate)
-                     for m in dimension_matches(self.entitlements, self.mapping)])
+        # Matched once per shared dimension list (the first entitlement of each stands for it), then spread in SQL.
+        first = {ids[0] for ids in self._sharing.values()}
+        matched = dimension_matches([e for e in self.entitlements if e.entitlement_id in first], self.mapping)
+        conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {self.matches} AS
+            SELECT s.entitlement_id, m.target, m.dimension_key, m.rate
+            FROM {json_rows({"first": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY})} m
+            JOIN {self._SETS} f ON f.entitlement_id = m.first JOIN {self._SETS} s ON s.set_id = f.set_id""",
+            [json_param(("first", "target", "dimension_key", "rate"),
+                        [(m.entitlement_id, m.target, m.dimension_key, m.rate) for m in matched])],
+        )
+
+    _SETS = "_dimension_sets"  # entitlement -> the id of its (partner, dimension list, problem)
 
     def _entitlements(self) -> list[LinkedEntitlement]:
         """Every entitlement of the latest snapshot with its dimensions (linked for a window or not:
-        groups already in the ledger are priced and verified even after their link ended)."""
-        dims: dict[str, list[Dimension]] = {}
-        partner_of: dict[str, str] = {}
-        problems: dict[str, str] = {}
-        for ent_id, partner, problem, key, name, rate in self.conn.execute(
-            """SELECT e.entitlement_id, any_value(e.partner), any_value(e.dimensions_problem),
-                      d.dimension_key, d.dimension_name, d.rate
-            FROM entitlements e LEFT JOIN entitlement_dimensions d
-              ON d.entitlement_id = e.entitlement_id AND d.snapshot_at = e.snapshot_at
-            WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
-            GROUP BY e.entitlement_id, d.dimension_key, d.dimension_name, d.rate
-            ORDER BY 1, 4"""
-        ).fetchall():
-            partner_of[ent_id] = partner
-            if problem:
-                problems[ent_id] = problem
-            if key is not None:
-                dims.setdefault(ent_id, []).append(Dimension(key, name, None if rate is None else Decimal(rate)))
-        return [LinkedEntitlement(e, p, tuple(dims.get(e, ())), problems.get(e)) for e, p in partner_of.items()]
+        groups already in the ledger are priced and verified even after their link ended). Entitlements of
+        one product share one dimension tuple (read once per distinct list, not once per entitlement)."""
+        self.conn.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {self._SETS} AS
+            WITH per_entitlement AS (
+                SELECT e.entitlement_id, any_value(e.partner) AS partner, any_value(e.dimensions_problem) AS problem,
+                       list(DISTINCT struct_pack(k := d.dimension_key, n := d.dimension_name, r := d.rate))
+                           FILTER (WHERE d.dimension_key IS NOT NULL) AS dims
+                FROM entitlements e LEFT JOIN entitlement_dimensions d
+                  ON d.entitlement_id = e.entitlement_id AND d.snapshot_at = e.snapshot_at
+                WHERE e.snapshot_at = (SELECT max(snapshot_at) FROM entitlements)
+                GROUP BY e.entitlement_id)
+            SELECT entitlement_id, partner, problem, list_sort(coalesce(dims, [])) AS dims,
+                   dense_rank() OVER (ORDER BY partner, problem, list_sort(coalesce(dims, []))) AS set_id
+            FROM per_entitlement"""
+        )
+        shared: dict[int, tuple[Dimension, ...]] = {}
+        for set_id, dims in self.conn.execute(f"SELECT DISTINCT set_id, dims FROM {self._SETS}").fetchall():
+            shared[set_id] = tuple(Dimension(d["k"], d["n"], None if d["r"] is None else Decimal(d["r"]))
+                                   for d in dims)
+        out: list[LinkedEntitlement] = []
+        self._sharing: dict[int, list[str]] = {}
+        for ent_id, partner, problem, set_id in self.conn.execute(
+                f"SELECT entitlement_id, partner, problem, set_id FROM {self._SETS} ORDER BY 1").fetchall():
+            out.append(LinkedEntitlement(ent_id, partner, shared[set_id], problem))
+            self._sharing.setdefault(set_id, []).append(ent_id)
+        return out
 
 
 class WindowScope:
