@@ -114,6 +114,22 @@ class _Overlap:
         return row_end > self.start and row_start < self.end
 
 
+# A usage row of an earlier hour: (start_timestamp as sent, customer_id, billable_metric_id, value as parsed).
+EarlierRow = tuple[Any, Any, Any, Any]
+
+
+def _earlier_row(item: Mapping[str, Any]) -> EarlierRow:
+    return (item.get("start_timestamp"), item.get("customer_id"), item.get("billable_metric_id"), item.get("value"))
+
+
+@dataclass(frozen=True)
+class UsageBatch:
+    """One shard's answer: the validated rows of the wanted hours, and the earlier hours' rows (if asked)."""
+
+    rows: list[UsageRow]
+    earlier: list[EarlierRow]
+
+
 @dataclass(frozen=True)
 class _CursorPages:
     """Metronome's page shape: ``{"data": [...], "next_page": "<cursor>" | null}``, the cursor sent
@@ -278,7 +294,8 @@ class MetronomeClient(JsonApiClient):
         ending_before: datetime,
         customer_ids: Sequence[str] | None,
         billable_metric_ids: Sequence[str],
-    ) -> Iterator[list[UsageRow]]:
+        earlier_from: datetime | None = None,
+    ) -> Iterator[UsageBatch]:
         """The HOUR rows overlapping ``[starting_on, ending_before)``, in batches as they arrive.
 
         Metronome answers whole UTC days, so an hourly window costs the day's pages: the customers are
@@ -287,6 +304,8 @@ class MetronomeClient(JsonApiClient):
         hour's window validates 1/24 of what it reads). A row that only partly overlaps is kept, so the
         caller can refuse it by name. A shard's batch arrives when its cursor ends; the first failure
         is raised once the running shards stopped. ``customer_ids`` None: one cursor over all customers.
+        ``earlier_from``: the rows of ``[earlier_from, starting_on)`` that the same pages hold (the same UTC
+        day) come too, unvalidated and light (:class:`EarlierRow`): what a caller compares, never stores.
         """
         start = require_aware(starting_on, "starting_on")
         end = require_aware(ending_before, "ending_before")
@@ -299,10 +318,11 @@ class MetronomeClient(JsonApiClient):
         base = {"starting_on": format_rfc3339(query_start), "ending_before": format_rfc3339(query_end),
                 "window_size": "HOUR", "billable_metrics": [{"id": m} for m in metrics]}
         keep, stop = _Overlap(start, end), threading.Event()
+        earlier = None if earlier_from is None or earlier_from >= start else _Overlap(earlier_from, start)
 
-        def read_shard(shard: list[str] | None) -> list[UsageRow]:
+        def read_shard(shard: list[str] | None) -> UsageBatch:
             body = base if shard is None else {**base, "customer_ids": shard}
-            kept: list[UsageRow] = []
+            kept = UsageBatch([], [])
 
             def fetch(position: dict[str, Any]) -> Any:
                 if stop.is_set():
@@ -316,7 +336,10 @@ class MetronomeClient(JsonApiClient):
                 wanted = [item for item in items if keep(item)]
                 if wanted:
                     page: list[UsageRow] = self.parse_model(_USAGE, wanted, "POST", "/v1/usage", loc_prefix="data")
-                    kept.extend(page)
+                    kept.rows.extend(page)
+                if earlier is not None:
+                    kept.earlier.extend(_earlier_row(item) for item in items if not keep(item) and earlier(item)
+                                        and isinstance(item, Mapping))
             return kept
 
         shards = [None] if customer_ids is None else usage_shards(customer_ids, len(metrics), self.max_workers)

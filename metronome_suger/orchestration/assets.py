@@ -112,14 +112,14 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             "incomplete_dimension_lists": len(out.dimension_problems)})
 
     @dg.asset(key=keys.asset(USAGE), deps=[keys.asset(METRICS), keys.asset(CUSTOMERS)],
-              required_resource_keys=keys.resources(METRONOME, DUCKDB), **windowed)
+              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed)
     def metronome_usage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Usage per customer × metric × window for the whitelisted (or all) billable metrics."""
         windows = context_windows(context, config.hourly)
         with res(context, METRONOME).get_client() as client:
             try:
                 with hold(context):
-                    out = fetch_usage(client, res(context, DUCKDB).get_connection, windows)
+                    out = fetch_usage(client, res(context, DUCKDB).get_connection, windows, res(context, CLOCK).now)
             except NoReportableMetric as exc:
                 raise dg.Failure(description=str(exc)) from None
         if out.unknown_metrics:

@@ -35,7 +35,8 @@ __all__ = ["BUSY", "LATE_USAGE_SENSOR", "MAX_STATUS_RETRIES", "STATUS_SENSOR", "
 
 TICK_INTERVAL_SECONDS = 300
 LOCK_TIMEOUT_SECONDS = 15.0
-WINDOWS_PER_TICK = 24  # one POST /v1/usage per tick covers at most this many hourly windows
+WINDOWS_PER_TICK = 24  # one usage read per tick covers at most this many hourly windows
+REREAD_AFTER = timedelta(minutes=15)  # a day a run read more recently is not read again: its run compared it
 CUSTOMERS_PER_TICK = 200  # amount modes: invoice listings per tick
 RETRIES_PER_TICK = 50
 TRIGGER_TAG = "metronome_suger/trigger"
@@ -72,7 +73,7 @@ def _sensor_result(context: dg.SensorEvaluationContext, tick: Tick, note: str | 
 
 
 def build_late_usage_sensor(
-    config: AppConfig, job: Any, *, windows_per_tick: int = WINDOWS_PER_TICK,
+    config: AppConfig, job: Any, *, windows_per_tick: int = WINDOWS_PER_TICK, reread_after: timedelta = REREAD_AFTER,
     customers_per_tick: int = CUSTOMERS_PER_TICK, lock_timeout: float = LOCK_TIMEOUT_SECONDS, keys: Keys = NO_PREFIX,
 ) -> dg.SensorDefinition:
     @dg.sensor(
@@ -96,7 +97,7 @@ def build_late_usage_sensor(
                                    deadlines=config.deadlines, after=after, per_tick=customers_per_tick)
             else:
                 tick = quantity_tick(metronome.get_client, connect, now, start=config.start, deadlines=config.deadlines,
-                                     after=after, per_tick=windows_per_tick)
+                                     after=after, per_tick=windows_per_tick, reread_after=reread_after)
         except Exception as exc:
             if not is_lock_error(exc):
                 raise

@@ -14,17 +14,22 @@ from metronome_suger.core.amounts import Policy
 from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
 from metronome_suger.steps.invoices import read_invoices, window_selection
+from metronome_suger.steps.usage import checked_rows
 from metronome_suger.storage.amounts import linked_customers
-from metronome_suger.storage.db import Connect
+from metronome_suger.storage.db import Connect, ndjson_file
 from metronome_suger.storage.late_usage import (
+    WindowChange,
     amount_window_was_run,
     changed_windows,
     customer_partners,
     high_waters,
+    last_reads,
+    observed_changes,
     partners_in_use,
     run_windows,
     stored_metrics,
 )
+from metronome_suger.storage.usage import FETCHED_COLUMNS, fresh_values, load_fetched, snapshot_customer_ids
 
 T = TypeVar("T")
 
@@ -52,11 +57,26 @@ def chunk(items: Sequence[T], key: Callable[[T], str], after: str | None, size: 
     return part, key(part[-1]) if len(rest) > size else None
 
 
+def _day(at: datetime) -> datetime:
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _rerun(change: WindowChange, source: str) -> Rerun:
+    key = window_at(change.window_start, True).partition_key
+    return Rerun(key, f"late-usage:{key}:{change.digest[:16]}", "late_usage",
+                 f"late usage in {key} ({source}): {change.rose} value(s) rose, {change.fell} fell; requesting a run")
+
+
 def quantity_tick(
     client: Callable[[], MetronomeClient], connect: Connect, now: datetime, *, start: datetime,
-    deadlines: Deadlines, after: str | None, per_tick: int,
+    deadlines: Deadlines, after: str | None, per_tick: int, reread_after: timedelta,
 ) -> Tick:
-    """Re-read the run windows some marketplace in use still accepts; a rerun per window that moved."""
+    """A rerun per window some marketplace in use still accepts whose values moved.
+
+    Metronome answers whole UTC days, and each hourly run reads its day: the windows of a day a run read less
+    than ``reread_after`` before ``now`` (the pipeline's time, which stamps the runs' reads) take their changes
+    from what that run saw (``late_usage_observed``). The other windows are read here, at most ``per_tick``
+    per tick (one read, of the UTC days they fall in), resuming after ``after``."""
     with connect(read_only=True) as conn:
         partners = [p for p in partners_in_use(conn) if p in deadlines.hours]
         if not partners:
@@ -69,19 +89,25 @@ def quantity_tick(
         if not windows:
             return Tick(skip=f"no run window is still within the widest deadline in use, "
                              f"{deadlines.describe(widest)}: nothing to re-read", keep_cursor=False)
-        part, next_after = chunk(windows, lambda w: iso(w.start), after, per_tick)
-        metrics = stored_metrics(conn, [w.start for w in part])
+        fresh = {day for day, read_at in last_reads(conn, [w.start for w in windows]).items()
+                 if now - read_at < reread_after}
+        covered = [w.start for w in windows if _day(w.start) in fresh]
+        reruns = [_rerun(c, "seen by a later run of its day") for c in observed_changes(conn, covered)]
+        stale = [w for w in windows if _day(w.start) not in fresh]
+        if not stale:
+            return Tick(reruns, f"{len(covered)} window(s) of days a run read in the last {reread_after}: "
+                                "no usage value changed since", after)
+        part, next_after = chunk(stale, lambda w: iso(w.start), after, per_tick)
+        starts = [w.start for w in part]
+        metrics = stored_metrics(conn, starts)
+        customers = snapshot_customer_ids(conn)
     with client() as metronome:
-        rows = metronome.list_usage(starting_on=part[0].start, ending_before=part[-1].end,
-                                    window_size="HOUR", billable_metric_ids=metrics)
-    with connect(read_only=True) as conn:
-        changes = changed_windows(conn, [w.start for w in part], metrics,
-                                  ((r.start_timestamp, r.customer_id, r.billable_metric_id, r.value) for r in rows))
-    reruns = []
-    for change in changes:
-        key = window_at(change.window_start, True).partition_key
-        reruns.append(Rerun(key, f"late-usage:{key}:{change.digest[:16]}", "late_usage",
-                            f"late usage in {key}: {change.rose} value(s) rose, {change.fell} fell; requesting a run"))
+        batches = metronome.iter_usage_overlapping(starting_on=part[0].start, ending_before=part[-1].end,
+                                                   customer_ids=customers, billable_metric_ids=metrics)
+        rows = checked_rows(batches, part[0].start, part[-1].end, dict.fromkeys(metrics, ""), set())
+        with ndjson_file(list(FETCHED_COLUMNS), rows) as (path, _), connect(read_only=True) as conn:
+            changes = changed_windows(conn, starts, metrics, fresh_values(load_fetched(conn, path)))
+    reruns += [_rerun(c, "re-read") for c in changes]
     span = f"{len(part)} window(s) {iso(part[0].start)}..{iso(part[-1].end)}"
     return Tick(reruns, f"re-read {span}: no usage value changed", next_after)
 

@@ -8,19 +8,24 @@ is kept once: it is one aggregate, not two), and a value must fit the ledger's `
 """
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
+import duckdb
+
 from metronome_suger.clients.errors import MalformedResponseError
-from metronome_suger.clients.metronome import MetronomeClient
+from metronome_suger.clients.metronome import MetronomeClient, UsageBatch
 from metronome_suger.clients.metronome_models import UsageRow
 from metronome_suger.core.windows import HOUR, Window, iso
 from metronome_suger.storage.db import Connect, ndjson_file, table_markdown
+from metronome_suger.storage.late_usage import changed_windows, record_observations, run_windows, stored_metrics
 from metronome_suger.storage.usage import (
     FETCHED_COLUMNS,
     FetchedRow,
+    fresh_values,
+    load_fetched,
     replace_usage,
     reportable_metrics,
     snapshot_customer_ids,
@@ -61,14 +66,15 @@ def _row_name(row: UsageRow) -> str:
             f"({iso(row.start_timestamp)}..{iso(row.end_timestamp)})")
 
 
-def _checked(batches: Iterable[list[UsageRow]], start: datetime, end: datetime, known: dict[str, str],
-             unknown: set[str]) -> Iterator[FetchedRow]:
+def checked_rows(batches: Iterable[UsageBatch], start: datetime, end: datetime, known: Mapping[str, str],
+                 unknown: set[str]) -> Iterator[FetchedRow]:
     """The rows of [start, end) in arrival order, as ``FETCHED_COLUMNS``; raises on a row overlapping the
     windows that is not one whole UTC hour, and on a value the ledger cannot hold (repeats are the storage's
-    to find). Metrics not asked for are added to ``unknown``."""
+    to find). Metrics not asked for are added to ``unknown``. Earlier hours' rows pass unchecked: they are
+    only compared (``storage.usage.fresh_values``)."""
     seq = 0
     for batch in batches:
-        for row in batch:
+        for row in batch.rows:
             if row.end_timestamp <= start or row.start_timestamp >= end:
                 continue  # another hour of the UTC day Metronome answers for
             hour = row.start_timestamp.replace(minute=0, second=0, microsecond=0)
@@ -85,29 +91,48 @@ def _checked(batches: Iterable[list[UsageRow]], start: datetime, end: datetime, 
             yield (seq, row.start_timestamp, row.end_timestamp, row.customer_id, row.billable_metric_id,
                    row.billable_metric_name, None if value is None else str(value),
                    None if value is None else format(value.normalize(), "f"))
+        for row_start, customer, metric, raw in batch.earlier:
+            seq += 1
+            yield (seq, row_start, None, customer, metric, None, None if raw is None else str(raw), None)
 
 
-def fetch_usage(client: MetronomeClient, connect: Connect, windows: list[Window]) -> UsageResult:
+def _earlier_runs(conn: duckdb.DuckDBPyConnection, start: datetime) -> list[datetime]:
+    """The windows of ``start``'s UTC day before it that already ran: the read of the day holds their rows."""
+    return run_windows(conn, start.replace(hour=0, minute=0, second=0, microsecond=0), start)
+
+
+def fetch_usage(client: MetronomeClient, connect: Connect, windows: list[Window], clock: Callable[[], datetime],
+                ) -> UsageResult:
+    """Read, check and store the windows' usage; ``clock`` (the pipeline's time) stamps the read."""
     start, end = windows[0].start, windows[-1].end
     with connect() as conn:
         known = reportable_metrics(conn)
         customers = snapshot_customer_ids(conn)
+        earlier = _earlier_runs(conn, start)
     if not known:
         raise NoReportableMetric("no reportable billable metric: materialize metronome_billable_metrics first, "
                                  "or check billable_metric_whitelist")
     # Metronome answers whole UTC days: the client drops the other hours, sharded over the customer snapshot
     # (all customers when there is none yet). The rows stream to a file; the connection opens once they are in.
+    # The same pages hold the earlier hours of the day that already ran: they come along (unvalidated) and are
+    # compared with what those runs stored, so the late-usage sensor need not read today again.
     batches = client.iter_usage_overlapping(starting_on=start, ending_before=end, customer_ids=customers,
-                                            billable_metric_ids=sorted(known))
+                                            billable_metric_ids=sorted(known),
+                                            earlier_from=earlier[0] if earlier else None)
     unknown: set[str] = set()
-    with ndjson_file(list(FETCHED_COLUMNS), _checked(batches, start, end, known, unknown)) as (path, _):
-        fetched = datetime.now(timezone.utc)
+    with ndjson_file(list(FETCHED_COLUMNS), checked_rows(batches, start, end, known, unknown)) as (path, _):
+        fetched_at = clock()
         with connect() as conn:
-            done = replace_usage(conn, start, end, path, fetched)
+            fetched = load_fetched(conn, path)
+            done = replace_usage(conn, start, end, fetched, fetched_at)
             if done.conflict is not None:
                 customer, metric, row_start, row_end, first, other = done.conflict
                 raise _malformed(f"customer {customer} metric '{metric}' ({iso(row_start)}..{iso(row_end)}) was "
                                  f"returned twice with different values ({first} and {other})")
+            if earlier:
+                metrics = [m for m in stored_metrics(conn, earlier) if m in known]
+                record_observations(conn, earlier, changed_windows(conn, earlier, metrics, fresh_values(fetched)),
+                                    fetched_at)
             totals = usage_totals(conn, start, end)
             preview = table_markdown(
                 conn, "SELECT window_start, customer_id, metric_name, value, value_was_null FROM usage "

@@ -1,19 +1,18 @@
 """Late usage: which already-run windows hold Metronome values that differ from Metronome's now.
 
-Set-based: the fresh ``POST /v1/usage`` rows go into a temp table in one insert and one query
-compares them with ``usage`` per window, so a sensor tick costs one round trip whatever the number of
-customers. Reads only (temp tables work on a read-only connection).
+Set-based: a fresh ``POST /v1/usage`` read (a run's, of the earlier hours of its day, or the sensor's) is
+compared with ``usage`` per window in one query. What runs observe is kept in ``late_usage_observed``.
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list, transaction
 from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
@@ -61,7 +60,7 @@ def stored_metrics(conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime]) 
 
 _CHANGES_SQL = f"""
 WITH fresh AS (
-    SELECT window_start, customer_id, metric_id, coalesce(value, 0) AS value FROM _fresh
+    SELECT window_start, customer_id, metric_id, coalesce(value, 0) AS value FROM {{fresh}}
     WHERE list_contains(?::TIMESTAMPTZ[], window_start) AND list_contains(?::VARCHAR[], metric_id)
 ), stored AS (
     SELECT window_start, customer_id, metric_id, value FROM usage
@@ -93,24 +92,60 @@ ORDER BY c.window_start
 
 
 def changed_windows(
-    conn: duckdb.DuckDBPyConnection,
-    starts: Sequence[datetime],
-    metrics: Sequence[str],
-    fresh: Iterable[tuple[datetime, str, str, Decimal | None]],
+    conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime], metrics: Sequence[str], fresh: str,
 ) -> list[WindowChange]:
-    """Compare fresh (window start, customer, metric, value) rows with ``usage`` for these windows.
+    """Compare the ``fresh`` relation (window_start, customer_id, metric_id, value; see
+    ``storage.usage.fresh_values``) with ``usage`` for these windows and metrics.
 
     A null value counts as 0, as ``metronome_usage`` stores it; a row present on one side only
     counts against 0 on the other. Only windows where some value rose or fell are returned.
     """
-    conn.execute(
-        f"CREATE OR REPLACE TEMP TABLE _fresh (window_start TIMESTAMPTZ, customer_id VARCHAR, "
-        f"metric_id VARCHAR, value {QTY})"
-    )
-    bulk_insert(conn, "_fresh", {"window_start": "TIMESTAMPTZ", "customer_id": "VARCHAR",
-                                 "metric_id": "VARCHAR", "value": QTY}, fresh)
     params = [list(starts), list(metrics), list(starts), list(metrics), list(starts)]
-    rows = conn.execute(_CHANGES_SQL, params).fetchall()
+    rows = conn.execute(_CHANGES_SQL.format(fresh=fresh), params).fetchall()
+    return [WindowChange(start, int(rose), int(fell), digest) for start, rose, fell, digest in rows]
+
+
+def record_observations(
+    conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime], changes: Sequence[WindowChange], at: datetime,
+) -> None:
+    """What a run saw of earlier windows of its day: each of ``starts`` observed at ``at``, changed or not."""
+    changed = {c.window_start: c for c in changes}
+    with transaction(conn):
+        conn.execute("DELETE FROM late_usage_observed WHERE list_contains(?::TIMESTAMPTZ[], window_start)",
+                     [list(starts)])
+        bulk_insert(conn, "late_usage_observed",
+                    {"window_start": "TIMESTAMPTZ", "rose": "INTEGER", "fell": "INTEGER", "digest": "VARCHAR",
+                     "observed_at": "TIMESTAMPTZ"},
+                    [(start, c.rose, c.fell, c.digest, at) if (c := changed.get(start)) else (start, 0, 0, None, at)
+                     for start in starts])
+
+
+def last_reads(conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime]) -> dict[datetime, datetime]:
+    """UTC day -> when (the pipeline's time) a run last read it: for its own window, or the earlier windows of
+    its day it compared."""
+    rows = conn.execute(
+        """SELECT date_trunc('day', window_start), max(read_at) FROM (
+            SELECT window_start, fetched_at AS read_at FROM usage
+            WHERE list_contains(?::TIMESTAMPTZ[], window_start)
+            UNION ALL
+            SELECT window_start, observed_at FROM late_usage_observed
+            WHERE list_contains(?::TIMESTAMPTZ[], window_start))
+        GROUP BY 1""",
+        [list(starts), list(starts)],
+    ).fetchall()
+    return {day: read_at for day, read_at in rows}
+
+
+def observed_changes(conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime]) -> list[WindowChange]:
+    """The changes runs observed in these windows after the window's own latest run (a rerun since then
+    already took them)."""
+    rows = conn.execute(
+        """SELECT o.window_start, o.rose, o.fell, o.digest FROM late_usage_observed o
+        WHERE list_contains(?::TIMESTAMPTZ[], o.window_start) AND o.rose + o.fell > 0
+          AND o.observed_at > (SELECT max(u.fetched_at) FROM usage u WHERE u.window_start = o.window_start)
+        ORDER BY 1""",
+        [list(starts)],
+    ).fetchall()
     return [WindowChange(start, int(rose), int(fell), digest) for start, rose, fell, digest in rows]
 
 

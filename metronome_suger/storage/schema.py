@@ -88,7 +88,15 @@ _CLAIMS: tuple[str, ...] = (
         claim_key VARCHAR PRIMARY KEY, holder VARCHAR, lease_until TIMESTAMPTZ NOT NULL)""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS, _CLAIMS)
+# What each hourly run saw of the earlier hours of its UTC day (Metronome answers whole days): per window, the
+# values that rose or fell since that window's own run. The late-usage sensor reads it instead of the day again.
+_LATE_USAGE: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS late_usage_observed (
+        window_start TIMESTAMPTZ PRIMARY KEY, rose INTEGER NOT NULL, fell INTEGER NOT NULL, digest VARCHAR,
+        observed_at TIMESTAMPTZ NOT NULL)""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS, _CLAIMS, _LATE_USAGE)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Session macros, defined on every connection (a PostgreSQL ledger cannot store a DuckDB macro).

@@ -44,7 +44,9 @@ FETCHED_COLUMNS = {
     "seq": "BIGINT", "window_start": "TIMESTAMPTZ", "window_end": "TIMESTAMPTZ", "customer_id": "VARCHAR",
     "metric_id": "VARCHAR", "metric_name": "VARCHAR", "value_text": "VARCHAR", "value_key": "VARCHAR",
 }
-FetchedRow = tuple[int, datetime, datetime, str, str, str | None, str | None, str | None]
+# An earlier hour's row (read only to compare, see ``clients.metronome.EarlierRow``) has its start as Metronome sent
+# it, and no end, name or value key.
+FetchedRow = tuple[int, datetime | str, datetime | None, str, str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -59,40 +61,55 @@ class Replaced:
     conflict: tuple[str, str | None, datetime, datetime, str | None, str | None] | None = None
 
 
+FETCHED = "_fetched"  # the temp table of a usage read, loaded by ``load_fetched``
+
+
+def load_fetched(conn: duckdb.DuckDBPyConnection, path: str) -> str:
+    """Load a usage read's NDJSON file (``FETCHED_COLUMNS``) into a temp table; returns its name."""
+    columns = ", ".join(f"{n} {t}" for n, t in FETCHED_COLUMNS.items())
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {FETCHED} ({columns})")
+    insert_ndjson(conn, FETCHED, FETCHED_COLUMNS, path)
+    return FETCHED
+
+
 def replace_usage(
     conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime, fetched: str, fetched_at: datetime,
 ) -> Replaced:
-    """The windows in [start, end) hold exactly the rows of the ``fetched`` NDJSON file (``FETCHED_COLUMNS``),
-    each key once, in one transaction; a null value is stored as 0 and flagged. A key fetched twice with
-    different values changes nothing."""
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE _fetched ({', '.join(f'{n} {t}' for n, t in FETCHED_COLUMNS.items())})")
-    try:
-        insert_ndjson(conn, "_fetched", FETCHED_COLUMNS, fetched)
-        clash = conn.execute(
-            """SELECT customer_id, any_value(metric_name), window_start, window_end,
-                      list(value_text ORDER BY seq), list(value_key ORDER BY seq)
-            FROM _fetched GROUP BY window_start, window_end, customer_id, metric_id
-            HAVING count(DISTINCT coalesce(value_key, 'null')) > 1 ORDER BY min(seq) LIMIT 1""").fetchall()
-        if clash:
-            customer, metric, row_start, row_end, texts, keys = clash[0]
-            other = next(text for text, key in zip(texts, keys, strict=True) if key != keys[0])
-            return Replaced(conflict=(customer, metric, row_start, row_end, texts[0], other))
-        with transaction(conn):
-            conn.execute("DELETE FROM usage WHERE window_start >= ? AND window_start < ?", [start, end])
-            conn.execute(
-                f"""INSERT INTO usage (window_start, window_end, customer_id, metric_id, metric_name, value,
-                                       value_was_null, fetched_at)
-                SELECT window_start, window_end, customer_id, metric_id, metric_name,
-                       coalesce(CAST(value_text AS {QTY}), 0), value_text IS NULL, ?
-                FROM _fetched QUALIFY row_number() OVER (PARTITION BY window_start, customer_id, metric_id
-                                                         ORDER BY seq) = 1""", [fetched_at])
-        rows, total, nulls = conn.execute(
-            """SELECT count(DISTINCT (window_start, customer_id, metric_id)), count(*),
-                      count(DISTINCT (window_start, customer_id, metric_id)) FILTER (WHERE value_text IS NULL)
-            FROM _fetched""").fetchall()[0]
-        return Replaced(rows=rows, repeats=total - rows, nulls=nulls)
-    finally:
-        conn.execute("DROP TABLE IF EXISTS _fetched")
+    """The windows in [start, end) hold exactly their rows of the ``fetched`` relation (``load_fetched``), each
+    key once, in one transaction; a null value is stored as 0 and flagged. A key fetched twice with different
+    values changes nothing. Rows of other hours (earlier hours read for comparison) are left alone."""
+    wanted = f"(SELECT * FROM {fetched} WHERE window_start >= $start AND window_start < $end)"
+    bounds = {"start": start, "end": end}
+    clash = conn.execute(
+        f"""SELECT customer_id, any_value(metric_name), window_start, window_end,
+                  list(value_text ORDER BY seq), list(value_key ORDER BY seq)
+        FROM {wanted} GROUP BY window_start, window_end, customer_id, metric_id
+        HAVING count(DISTINCT coalesce(value_key, 'null')) > 1 ORDER BY min(seq) LIMIT 1""", bounds).fetchall()
+    if clash:
+        customer, metric, row_start, row_end, texts, keys = clash[0]
+        other = next(text for text, key in zip(texts, keys, strict=True) if key != keys[0])
+        return Replaced(conflict=(customer, metric, row_start, row_end, texts[0], other))
+    with transaction(conn):
+        conn.execute("DELETE FROM usage WHERE window_start >= $start AND window_start < $end", bounds)
+        conn.execute(
+            f"""INSERT INTO usage (window_start, window_end, customer_id, metric_id, metric_name, value,
+                                   value_was_null, fetched_at)
+            SELECT window_start, window_end, customer_id, metric_id, metric_name,
+                   coalesce(CAST(value_text AS {QTY}), 0), value_text IS NULL, $at
+            FROM {wanted} QUALIFY row_number() OVER (PARTITION BY window_start, customer_id, metric_id
+                                                     ORDER BY seq) = 1""", {**bounds, "at": fetched_at})
+    rows, total, nulls = conn.execute(
+        f"""SELECT count(DISTINCT (window_start, customer_id, metric_id)), count(*),
+                  count(DISTINCT (window_start, customer_id, metric_id)) FILTER (WHERE value_text IS NULL)
+        FROM {wanted}""", bounds).fetchall()[0]
+    return Replaced(rows=rows, repeats=total - rows, nulls=nulls)
+
+
+def fresh_values(fetched: str) -> str:
+    """A usage read as (window_start, customer_id, metric_id, value), each key once (as first read): what late
+    usage compares with ``usage``. A value the ledger cannot hold reads as NULL (its window's run names it)."""
+    return f"""(SELECT window_start, customer_id, metric_id, TRY_CAST(value_text AS {QTY}) AS value FROM {fetched}
+        QUALIFY row_number() OVER (PARTITION BY window_start, customer_id, metric_id ORDER BY seq) = 1)"""
 
 
 def usage_totals(conn: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> list[tuple[Any, ...]]:

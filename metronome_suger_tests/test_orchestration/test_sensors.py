@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -103,19 +103,28 @@ def retry_posts(sb: Sandbox) -> list[str]:
 
 # -- late usage --------------------------------------------------------------------------------------------
 
+ALWAYS = timedelta(0)  # the sensor reads every day again, as if no run had read it lately
+
+
+def rereading(pipeline: Pipeline) -> dg.SensorDefinition:
+    """The late-usage sensor of the user's configuration, reading every window from Metronome on each tick."""
+    config = pipeline.config()
+    return build_late_usage_sensor(config, build_job(config), reread_after=ALWAYS)
+
+
 
 def test_late_increase_requests_one_run_that_sends_exactly_the_difference(
     sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
 ) -> None:
     w = build_world(sandbox)
     run_ok(pipeline, KEY)
-    quiet = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 10))
+    quiet = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 10), sensor=rereading(pipeline))
     assert quiet.run_requests == []
     assert quiet.skip_message == "re-read 1 window(s) 2026-11-25T13:00:00Z..2026-11-25T14:00:00Z: no usage value changed"
 
     sandbox.metronome.set_usage(w.alice, w.cpu, START, 12)
     sandbox.metronome_log.clear()
-    data = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 30))
+    data = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 30), sensor=rereading(pipeline))
     [request] = data.run_requests
     assert request.partition_key == KEY and request.tags[TRIGGER_TAG] == "late_usage"
     assert request.run_key.startswith(f"late-usage:{KEY}:")
@@ -130,7 +139,7 @@ def test_late_increase_requests_one_run_that_sends_exactly_the_difference(
     assert extra["id"] == record_group_id(sandbox.org_id, w.alice_aws, "quantity", START, 1)
     assert extra["metaInfo"]["timestamp"] == TS
 
-    again = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 35))
+    again = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 35), sensor=rereading(pipeline))
     assert again.run_requests == [] and "no usage value changed" in again.skip_message
 
 
@@ -140,14 +149,14 @@ def test_late_decrease_is_recorded_as_over_reported_and_sends_nothing(
     w = build_world(sandbox)
     run_ok(pipeline, KEY)
     sandbox.metronome.set_usage(w.bob, w.cpu, START, 1)
-    [request] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 20)).run_requests
+    [request] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 20), sensor=rereading(pipeline)).run_requests
     assert request.partition_key == KEY
     run_ok(pipeline, KEY, at(14, 20))
     assert len(sent_groups(sandbox)) == 2
     assert pipeline.query("SELECT entitlement_id, dimension_key, reported, current FROM over_reported") == [
         (w.bob_gcp, "vcpu_hours", Decimal(6), Decimal(2))
     ]
-    assert tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 25)).run_requests == []
+    assert tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 25), sensor=rereading(pipeline)).run_requests == []
 
 
 def test_window_past_every_deadline_in_use_is_not_reread(
@@ -157,10 +166,10 @@ def test_window_past_every_deadline_in_use_is_not_reread(
     w = build_world(sandbox)
     run_ok(pipeline, KEY)
     sandbox.metronome.set_usage(w.alice, w.cpu, START, 12)
-    assert [r.partition_key for r in tick(pipeline, instance, LATE_USAGE_SENSOR, at(18, 59)).run_requests] == [KEY]
+    assert [r.partition_key for r in tick(pipeline, instance, LATE_USAGE_SENSOR, at(18, 59), sensor=rereading(pipeline)).run_requests] == [KEY]
 
     sandbox.metronome_log.clear()
-    late = tick(pipeline, instance, LATE_USAGE_SENSOR, at(19, 0))
+    late = tick(pipeline, instance, LATE_USAGE_SENSOR, at(19, 0), sensor=rereading(pipeline))
     assert late.run_requests == []
     assert "widest deadline in use, the AWS deadline (6 h after the group's timestamp)" in late.skip_message
     assert usage_posts(sandbox) == []  # not even asked
@@ -177,7 +186,7 @@ def test_cursor_spreads_windows_across_ticks_and_run_keys_are_stable(
     sandbox.metronome.set_usage(w.alice, w.cpu, at(11), 15)
     sandbox.metronome.set_usage(w.alice, w.cpu, at(13), 11)
     config = pipeline.config()
-    sensor = build_late_usage_sensor(config, build_job(config), windows_per_tick=2)
+    sensor = build_late_usage_sensor(config, build_job(config), windows_per_tick=2, reread_after=ALWAYS)
     sandbox.metronome_log.clear()
 
     first = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 30), sensor=sensor)
@@ -192,16 +201,69 @@ def test_cursor_spreads_windows_across_ticks_and_run_keys_are_stable(
     assert [r.run_key for r in third.run_requests] == [first.run_requests[0].run_key]  # Dagster dedups it
 
 
+def test_a_run_compares_the_earlier_hours_of_its_day_so_the_sensor_does_not_read_them_again(
+    sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
+) -> None:
+    """Metronome answers whole UTC days: the 13:00 run's read holds 11:00 and 12:00 too. It compares them with
+    what their runs stored, and the sensor (default: a day a run read less than 15 min ago is not read again; the 13:00 run read it at 14:05)
+    requests the rerun from that, without a POST /v1/usage of its own."""
+    w = build_world(sandbox)
+    for hour in (11, 12):
+        sandbox.metronome.set_usage(w.alice, w.cpu, at(hour), 10)
+        run_ok(pipeline, f"2026-11-25-{hour}:00")
+    sandbox.metronome.set_usage(w.alice, w.cpu, at(11), 15)  # late usage in 11:00, after its run
+    run_ok(pipeline, KEY)
+    assert pipeline.query("SELECT window_start, rose, fell FROM late_usage_observed ORDER BY 1") == [
+        (at(11), 1, 0), (at(12), 0, 0)]
+
+    sandbox.metronome_log.clear()
+    [request] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 15)).run_requests
+    assert usage_posts(sandbox) == []  # taken from the 13:00 run's read
+    assert request.partition_key == "2026-11-25-11:00" and request.tags[TRIGGER_TAG] == "late_usage"
+    [reread] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 15), sensor=rereading(pipeline)).run_requests
+    assert reread.run_key == request.run_key  # the same change, read again: the same run key (Dagster dedups it)
+
+    run_ok(pipeline, request.partition_key, at(14, 15))
+    assert [g["records"] for g in sent_groups(sandbox) if g["metaInfo"]["timestamp"] == "2026-11-25T11:00:00Z"] == [
+        {"cpu_hour": Decimal(10)}, {"cpu_hour": Decimal(5)}]  # revision 1: exactly the difference
+    sandbox.metronome_log.clear()
+    after = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 18))
+    assert after.run_requests == [] and usage_posts(sandbox) == [], after.skip_message  # the rerun took it
+
+
+def test_windows_of_days_no_run_read_lately_are_read_by_the_sensor_spread_over_ticks(
+    sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
+) -> None:
+    """Windows of two UTC days that no run read in the last 15 min: the sensor reads them, one window per tick
+    here, each read asking Metronome for that window's whole day (the only bounds it accepts)."""
+    w = build_world(sandbox)
+    late_evening = datetime(2026, 11, 24, 23, tzinfo=UTC)
+    sandbox.metronome.set_usage(w.alice, w.cpu, late_evening, 4)
+    run_ok(pipeline, "2026-11-24-23:00")
+    run_ok(pipeline, "2026-11-25-01:00")
+    sandbox.metronome.set_usage(w.alice, w.cpu, late_evening, 6)
+    sandbox.metronome_log.clear()
+    config = pipeline.config()
+    sensor = build_late_usage_sensor(config, build_job(config), windows_per_tick=1)
+
+    first = tick(pipeline, instance, LATE_USAGE_SENSOR, at(2, 30), sensor=sensor)
+    assert [r.partition_key for r in first.run_requests] == ["2026-11-24-23:00"]
+    assert json.loads(first.cursor) == {"after": "2026-11-24T23:00:00Z"}
+    second = tick(pipeline, instance, LATE_USAGE_SENSOR, at(2, 35), cursor=first.cursor, sensor=sensor)
+    assert second.run_requests == [] and json.loads(second.cursor) == {"after": None}
+    assert [p["starting_on"] for p in usage_posts(sandbox)] == ["2026-11-24T00:00:00Z", "2026-11-25T00:00:00Z"]
+
+
 def test_auto_report_off_still_requests_runs_that_send_nothing(
     sandbox: Sandbox, pipeline: Pipeline, instance: dg.DagsterInstance,
 ) -> None:
     w = build_world(sandbox)
     pipeline.settings["auto_report"] = False
     run_ok(pipeline, KEY)
-    quiet = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 10))
+    quiet = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 10), sensor=rereading(pipeline))
     assert quiet.skip_message.endswith("auto_report is off: runs requested here store new groups and send nothing")
     sandbox.metronome.set_usage(w.alice, w.cpu, START, 12)
-    [request] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 20)).run_requests
+    [request] = tick(pipeline, instance, LATE_USAGE_SENSOR, at(14, 20), sensor=rereading(pipeline)).run_requests
     run_ok(pipeline, request.partition_key, at(14, 20))
     assert sent_groups(sandbox) == []
     assert pipeline.query("SELECT status, count(*) FROM report_ledger GROUP BY 1") == [("pending", 2)]
