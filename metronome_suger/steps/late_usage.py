@@ -12,7 +12,7 @@ from typing import TypeVar
 from metronome_suger.clients.metronome import MetronomeClient
 from metronome_suger.core.amounts import Policy
 from metronome_suger.core.deadlines import Deadlines
-from metronome_suger.core.windows import HOUR, iso, last_closed_windows, window_at
+from metronome_suger.core.windows import HOUR, floor, iso, last_closed_windows, window_at
 from metronome_suger.steps.invoices import read_invoices, window_selection
 from metronome_suger.steps.usage import checked_rows
 from metronome_suger.storage.amounts import linked_customers
@@ -57,10 +57,6 @@ def chunk(items: Sequence[T], key: Callable[[T], str], after: str | None, size: 
     return part, key(part[-1]) if len(rest) > size else None
 
 
-def _day(at: datetime) -> datetime:
-    return at.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def _rerun(change: WindowChange, source: str) -> Rerun:
     key = window_at(change.window_start, True).partition_key
     return Rerun(key, f"late-usage:{key}:{change.digest[:16]}", "late_usage",
@@ -91,9 +87,9 @@ def quantity_tick(
                              f"{deadlines.describe(widest)}: nothing to re-read", keep_cursor=False)
         fresh = {day for day, read_at in last_reads(conn, [w.start for w in windows]).items()
                  if now - read_at < reread_after}
-        covered = [w.start for w in windows if _day(w.start) in fresh]
+        covered = [w.start for w in windows if floor(w.start, False) in fresh]
         reruns = [_rerun(c, "seen by a later run of its day") for c in observed_changes(conn, covered)]
-        stale = [w for w in windows if _day(w.start) not in fresh]
+        stale = [w for w in windows if floor(w.start, False) not in fresh]
         if not stale:
             return Tick(reruns, f"{len(covered)} window(s) of days a run read in the last {reread_after}: "
                                 "no usage value changed since", after)

@@ -18,7 +18,7 @@ import duckdb
 from metronome_suger.clients.errors import MalformedResponseError
 from metronome_suger.clients.metronome import MetronomeClient, UsageBatch
 from metronome_suger.clients.metronome_models import UsageRow
-from metronome_suger.core.windows import HOUR, Window, iso
+from metronome_suger.core.windows import HOUR, Window, floor, iso
 from metronome_suger.storage.db import Connect, ndjson_file, table_markdown
 from metronome_suger.storage.late_usage import changed_windows, record_observations, run_windows, stored_metrics
 from metronome_suger.storage.usage import (
@@ -98,7 +98,7 @@ def checked_rows(batches: Iterable[UsageBatch], start: datetime, end: datetime, 
 
 def _earlier_runs(conn: duckdb.DuckDBPyConnection, start: datetime) -> list[datetime]:
     """The windows of ``start``'s UTC day before it that already ran: the read of the day holds their rows."""
-    return run_windows(conn, start.replace(hour=0, minute=0, second=0, microsecond=0), start)
+    return run_windows(conn, floor(start, False), start)
 
 
 def fetch_usage(client: MetronomeClient, connect: Connect, windows: list[Window], clock: Callable[[], datetime],
