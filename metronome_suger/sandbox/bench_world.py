@@ -22,6 +22,7 @@ import yaml
 
 from metronome_suger.sandbox.metronome_state import MetronomeState, UsageGenerator
 from metronome_suger.sandbox.suger_state import SugerState
+from metronome_suger.sandbox.wire import mix64
 
 SANDBOX_YAML = Path(__file__).resolve().parent / "sandbox.yaml"
 MODES = ("quantity", "amount_hourly", "amount_daily")
@@ -43,18 +44,6 @@ BASE_DIMENSIONS: tuple[dict[str, Any], ...] = (
     {"key": "usage_fee", "name": "Usage fee", "rate": Decimal("0.01")},
 )
 NS = uuid.UUID("0b5e6c1e-8d3a-4f3e-9a51-6d1f2c0b7a11")
-MASK64 = (1 << 64) - 1
-
-
-def _hash(*parts: int) -> int:
-    """splitmix64 over the parts: stable across runs and platforms."""
-    x = 0
-    for part in parts:
-        x = (x + part + 0x9E3779B97F4A7C15) & MASK64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-        x ^= x >> 31
-    return x
 
 
 @lru_cache(maxsize=1)
@@ -70,7 +59,7 @@ def usage_generator(position: int, metric_index: int) -> UsageGenerator:
     zero = Decimal(0)
 
     def generate(hour: datetime) -> Decimal:
-        h = _hash(position, metric_index, int(hour.timestamp()) // 3600)
+        h = mix64(position, metric_index, int(hour.timestamp()) // 3600)
         return zero if h % 11 == 0 else values[(h >> 8) % 100_000]
 
     return generate
@@ -96,10 +85,10 @@ def metric_id(name: str) -> str:
 
 def invoice_totals(position: int) -> list[tuple[datetime, int]]:
     """A running total (cents) that grew until mid-window: the first run reports it all."""
-    base = 10_000 + _hash(position, 99) % 90_000
+    base = 10_000 + mix64(position, 99) % 90_000
     return [
         (MONTH_START, base),
-        (WINDOW_START + timedelta(minutes=30), base + 100 + _hash(position, 98) % 5_000),
+        (WINDOW_START + timedelta(minutes=30), base + 100 + mix64(position, 98) % 5_000),
     ]
 
 

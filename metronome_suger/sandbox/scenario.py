@@ -19,7 +19,7 @@ from typing import Any
 
 from metronome_suger.sandbox.metronome_state import MetronomeState, UsageGenerator
 from metronome_suger.sandbox.suger_state import SugerState
-from metronome_suger.sandbox.wire import DAY, HOUR, add_months, floor_day, floor_hour, month_start
+from metronome_suger.sandbox.wire import DAY, HOUR, add_months, floor_day, floor_hour, mix64, month_start
 
 # name, aggregation type, aggregation key, unit price in cents, archived
 METRICS: tuple[tuple[str, str, str | None, Decimal, bool], ...] = (
@@ -116,20 +116,6 @@ class ScenarioInfo:
         return self.roles[name]
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*parts: int) -> int:
-    """splitmix64 over the parts: a fast, stable per-hour pseudo-random number."""
-    x = 0
-    for part in parts:
-        x = (x + part + 0x9E3779B97F4A7C15) & _MASK64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-        x ^= x >> 31
-    return x
-
-
 def usage_generator(
     seed: int, position: int, metric: str, start: datetime, *, nulls: bool
 ) -> UsageGenerator:
@@ -143,7 +129,7 @@ def usage_generator(
         k = int((hour - start) / HOUR)
         if k < 0:
             return Decimal(0)
-        h = _mix(seed, position, metric_index, k)
+        h = mix64(seed, position, metric_index, k)
         if nulls and h % 13 == 0:
             return None
         if (h >> 8) % 9 == 0:

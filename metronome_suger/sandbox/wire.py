@@ -83,3 +83,18 @@ def json_number(value: Decimal | None) -> int | float | None:
     if value == value.to_integral_value():
         return int(value)
     return float(value)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix64(*parts: int) -> int:
+    """splitmix64 over the parts: a fast pseudo-random number, stable across runs and platforms (the worlds'
+    generated usage and totals)."""
+    x = 0
+    for part in parts:
+        x = (x + part + 0x9E3779B97F4A7C15) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x
