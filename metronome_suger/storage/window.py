@@ -47,6 +47,10 @@ WHERE s.value <> 0
 """
 
 
+# A match of one dimension list, by the first entitlement having it (``first``).
+_SHARED_MATCH = {"first": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY}
+
+
 class MappingTables:
     """The mapping rows and the dimension matches of every mapped target. They depend on the latest
     entitlement snapshot and the configuration, not on the window: loaded once per run, shared by its
@@ -70,10 +74,9 @@ class MappingTables:
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE {self.matches} AS
             SELECT s.entitlement_id, m.target, m.dimension_key, m.rate
-            FROM {json_rows({"first": "VARCHAR", "target": "VARCHAR", "dimension_key": "VARCHAR", "rate": QTY})} m
+            FROM {json_rows(_SHARED_MATCH)} m
             JOIN {self._SETS} f ON f.entitlement_id = m.first JOIN {self._SETS} s ON s.set_id = f.set_id""",
-            [json_param(("first", "target", "dimension_key", "rate"),
-                        [(m.entitlement_id, m.target, m.dimension_key, m.rate) for m in matched])],
+            [json_param(_SHARED_MATCH, [(m.entitlement_id, m.target, m.dimension_key, m.rate) for m in matched])],
         )
 
     _SETS = "_dimension_sets"  # entitlement -> the id of its (partner, dimension list, problem)
