@@ -3,22 +3,25 @@ two backends behind one DuckDB connection: a DuckDB file (default) or PostgreSQL
 
 import json
 import os
+import random
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 from pydantic import SecretStr
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from metronome_suger.storage.postgres import display, open_postgres
+from metronome_suger.storage.postgres import CATALOG, display, open_postgres
 from metronome_suger.storage.schema import MACROS, MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
 
 QTY = "DECIMAL(38,10)"
+T = TypeVar("T")
 # How a step opens the database: ``Connect()`` for a writer, ``Connect(read_only=True)`` for a reader.
 Connect = Callable[..., AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -46,15 +49,21 @@ class Database:
         return display(self.url) if self.is_postgres else self.url
 
 
-def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
-    """Another process may hold the file lock for a moment (a run, a sensor): wait for it, bounded."""
-    opener = retry(
+def retrying_conflicts(fn: Callable[[], T], within: float = 60.0) -> T:
+    """``fn()``, called again (bounded by ``within`` seconds, with random backoff) while another writer is in
+    the way. For a whole transaction: PostgreSQL's answer to a serialization conflict is to retry it, and the
+    retry's fresh snapshot sees the other writer's rows."""
+    return retry(
         retry=retry_if_exception(is_lock_error),
         wait=wait_random_exponential(multiplier=0.1, max=5),
-        stop=stop_after_delay(lock_timeout),
+        stop=stop_after_delay(within),
         reraise=True,
-    )(duckdb.connect)
-    return opener(str(path), read_only=read_only)
+    )(fn)()
+
+
+def _open(path: Path, read_only: bool, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Another process may hold the file lock for a moment (a run, a sensor): wait for it, bounded."""
+    return retrying_conflicts(lambda: duckdb.connect(str(path), read_only=read_only), lock_timeout)
 
 
 def sql_list(values: Sequence[str]) -> str:
@@ -64,6 +73,8 @@ def sql_list(values: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+# Held until the migration's transaction ends; the key is arbitrary, fixed, and ours ("mesu" in ASCII).
+_MIGRATION_LOCK = f"CALL postgres_execute('{CATALOG}', 'SELECT pg_advisory_xact_lock(1835365237)')"
 _CURRENT: set[tuple[int, str]] = set()  # PostgreSQL databases this process has brought to SCHEMA_VERSION
 
 
@@ -82,7 +93,7 @@ def connect(
         conn = _open(path, read_only, lock_timeout)
     try:
         if not read_only and (os.getpid(), db.url) not in _CURRENT:
-            ensure_schema(conn)
+            ensure_schema(conn, locked=db.is_postgres)
             if db.is_postgres:  # a server database outlives this process's connections: check it once
                 _CURRENT.add((os.getpid(), db.url))
         for macro in MACROS:
@@ -102,16 +113,25 @@ def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
     return int(fetch_one(conn, "SELECT coalesce(max(version), 0) FROM schema_version")[0])
 
 
-def ensure_schema(conn: duckdb.DuckDBPyConnection, attempts: int = 5) -> None:
-    """Apply the migrations this database lacks, each in its own transaction; refuse a newer database. Two
-    processes may migrate a new PostgreSQL database at once: the loser's conflict is retried, and finds the
-    work done (every migration is idempotent)."""
+def ensure_schema(conn: duckdb.DuckDBPyConnection, *, locked: bool = False, attempts: int = 10) -> None:
+    """Apply the migrations this database lacks, each in its own transaction; refuse a newer database.
+
+    Many processes may open a new PostgreSQL database at once (``locked``): each migration transaction first
+    takes a transaction-level advisory lock, so no two run their DDL together (PostgreSQL answers concurrent
+    ``CREATE TABLE IF NOT EXISTS`` with "type ... already exists"). The extension's transactions are REPEATABLE
+    READ, whose snapshot predates the wait for the lock, so a waiter may still conflict with the winner's rows:
+    it rolls back and retries with a fresh snapshot, which finds the work done."""
     for attempt in range(attempts):
         try:
-            return _migrate(conn)
+            return _migrate(conn, locked)
         except duckdb.Error as exc:
-            if attempt == attempts - 1 or not (is_lock_error(exc) or "duplicate key" in str(exc).lower()):
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not (
+                    is_lock_error(exc) or "duplicate key" in text or "already exists" in text):
                 raise
+            if locked:
+                conn.execute("CALL pg_clear_cache()")  # the winner's tables, not this process's stale view
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # backoff between retries, not synchronization
 
 
 @contextmanager
@@ -127,14 +147,19 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         raise
 
 
-def _migrate(conn: duckdb.DuckDBPyConnection) -> None:
-    current = schema_version(conn)
+def _migrate(conn: duckdb.DuckDBPyConnection, locked: bool) -> None:
+    with transaction(conn):
+        if locked:
+            conn.execute(_MIGRATION_LOCK)
+        current = schema_version(conn)
     if current > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"the database is at schema version {current}, newer than this metronome-suger supports "
             f"({SCHEMA_VERSION}): upgrade metronome-suger, or point storage.url at another database")
     for version in range(current + 1, SCHEMA_VERSION + 1):
         with transaction(conn):
+            if locked:
+                conn.execute(_MIGRATION_LOCK)
             for statement in MIGRATIONS[version - 1]:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version VALUES (?, now())", [version])

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import duckdb
 
-from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list, transaction
+from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_list, retrying_conflicts, transaction
 from metronome_suger.storage.window import USABLE_LINK_SQL
 
 
@@ -108,16 +108,22 @@ def changed_windows(
 def record_observations(
     conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime], changes: Sequence[WindowChange], at: datetime,
 ) -> None:
-    """What a run saw of earlier windows of its day: each of ``starts`` observed at ``at``, changed or not."""
+    """What a run saw of earlier windows of its day: each of ``starts`` observed at ``at``, changed or not.
+    Concurrent runs of one day observe the same earlier windows: on PostgreSQL the later writer's transaction
+    meets a serialization conflict and is retried (the last observation stands)."""
     changed = {c.window_start: c for c in changes}
-    with transaction(conn):
-        conn.execute("DELETE FROM late_usage_observed WHERE list_contains(?::TIMESTAMPTZ[], window_start)",
-                     [list(starts)])
-        bulk_insert(conn, "late_usage_observed",
-                    {"window_start": "TIMESTAMPTZ", "rose": "INTEGER", "fell": "INTEGER", "digest": "VARCHAR",
-                     "observed_at": "TIMESTAMPTZ"},
-                    [(start, c.rose, c.fell, c.digest, at) if (c := changed.get(start)) else (start, 0, 0, None, at)
-                     for start in starts])
+    rows = [(start, c.rose, c.fell, c.digest, at) if (c := changed.get(start)) else (start, 0, 0, None, at)
+            for start in starts]
+
+    def replace() -> None:
+        with transaction(conn):
+            conn.execute("DELETE FROM late_usage_observed WHERE list_contains(?::TIMESTAMPTZ[], window_start)",
+                         [list(starts)])
+            bulk_insert(conn, "late_usage_observed",
+                        {"window_start": "TIMESTAMPTZ", "rose": "INTEGER", "fell": "INTEGER", "digest": "VARCHAR",
+                         "observed_at": "TIMESTAMPTZ"}, rows)
+
+    retrying_conflicts(replace)
 
 
 def last_reads(conn: duckdb.DuckDBPyConnection, starts: Sequence[datetime]) -> dict[datetime, datetime]:

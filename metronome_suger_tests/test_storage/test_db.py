@@ -8,12 +8,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from pydantic import SecretStr
 
 from metronome_suger.core.linkage import reports_usage
 from metronome_suger.orchestration.resources import SafeDuckDBResource
-from metronome_suger.storage.db import SchemaVersionError, bulk_insert, connect
+from metronome_suger.storage.db import Database, SchemaVersionError, bulk_insert, connect
 from metronome_suger.storage.schema import SCHEMA_VERSION
 from metronome_suger.storage.window import USABLE_LINK_SQL
+from metronome_suger_tests.conftest import PostgresLedger
 
 
 def _other_process_can_write(path: Path) -> subprocess.CompletedProcess:
@@ -106,3 +108,34 @@ def test_a_database_of_a_newer_schema_version_is_refused(tmp_path: Path) -> None
     with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this"):
         with connect(path):
             pass
+
+
+_OPEN_AT_ONCE = """
+import sys
+from pydantic import SecretStr
+from metronome_suger.storage.db import Database, connect
+print("ready", flush=True)
+sys.stdin.readline()  # every process is up and imported: all open the database together
+with connect(Database(sys.argv[1], SecretStr(sys.argv[2]))) as conn:
+    conn.execute("SELECT 1")
+"""
+
+
+def test_eight_processes_migrate_a_new_postgres_database_at_once(postgres_ledger: PostgresLedger) -> None:
+    """Separate pods start against an empty ledger together: every one opens it (PostgreSQL alone would answer
+    the losers' CREATE TABLE with "type ... already exists"), and each migration is applied exactly once."""
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, postgres_ledger.url, postgres_ledger.password],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    with connect(Database(postgres_ledger.url, SecretStr(postgres_ledger.password))) as conn:
+        assert conn.execute("SELECT list(version ORDER BY version) FROM schema_version").fetchone() == (
+            list(range(1, SCHEMA_VERSION + 1)),)
