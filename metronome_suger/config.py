@@ -294,6 +294,11 @@ class AppConfig(_Strict):
         description="Suger forwards a group at its next hourly report: a group handed over less than this many "
         "minutes before its marketplace deadline is at risk (still sent, urgent first, report_deadline warns).",
     )
+    reconciliation_grace_hours: Annotated[Decimal, Field(gt=0, le=72)] = Field(
+        Decimal(6),
+        description="marketplace_reconciliation: a group handed to Suger counts as in flight for this many hours "
+        "without a usage record report naming it, and as a missing report (a problem) after.",
+    )
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         8, description="Most requests in flight at once to each API (Metronome, Suger): 1 to 64."
     )
@@ -341,6 +346,10 @@ class AppConfig(_Strict):
     @property
     def deadlines(self) -> Deadlines:
         return Deadlines(self.marketplace_deadline_hours, timedelta(minutes=self.suger_forward_lag_minutes))
+
+    @property
+    def reconciliation_grace(self) -> timedelta:
+        return timedelta(hours=float(self.reconciliation_grace_hours))
 
     @property
     def hourly(self) -> bool:

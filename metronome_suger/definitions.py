@@ -1,4 +1,4 @@
-"""What ``workspace.yaml`` and ``dagster ... -m metronome_suger.definitions`` load."""
+"""What ``workspace.yaml`` and ``dagster ... -m metronome_suger.definitions`` load: the windows' assets."""
 
 import sys
 
@@ -6,10 +6,10 @@ from metronome_suger.config import ConfigError, load_config
 from metronome_suger.orchestration.definitions import build_definitions
 
 try:
-    _loaded = load_config()
+    loaded = load_config()
 except ConfigError as exc:  # a clear message instead of a traceback from deep inside Dagster
     raise SystemExit(f"metronome-suger: {exc}") from None
-if _loaded.source == "bundled":
-    print(_loaded.announcement, file=sys.stderr)
+if loaded.source == "bundled":
+    print(loaded.announcement, file=sys.stderr)
 
-defs = build_definitions(_loaded.config)
+defs = build_definitions(loaded.config)

@@ -15,7 +15,7 @@ import pytest
 
 from metronome_suger.config import AppConfig, parse_config_data
 from metronome_suger.core.windows import window_for_key
-from metronome_suger.orchestration.definitions import build_definitions
+from metronome_suger.orchestration.definitions import build_definitions, build_reconciliation_definitions
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.sandbox.server import Sandbox
 from metronome_suger.storage.db import Database, connect
@@ -99,6 +99,13 @@ class Pipeline:
         defs = build_definitions(config, resources={"clock": ClockResource(frozen_at=at.isoformat())})
         job = defs.resolve_implicit_global_asset_job_def()
         return job.execute_in_process(partition_key=partition_key, instance=self.instance, raise_on_error=False)
+
+    def reconcile(self, day: str, *, at: datetime) -> dg.ExecuteInProcessResult:
+        """Materialize ``suger_usage_record_reports`` for the UTC ``day`` (and its check) as of ``at``."""
+        self.sandbox.clock.set(at)
+        defs = build_reconciliation_definitions(self.config(), resources={"clock": ClockResource(frozen_at=at.isoformat())})
+        job = defs.resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(partition_key=day, instance=self.instance, raise_on_error=False)
 
     def database(self) -> Database:
         return self.config().database()

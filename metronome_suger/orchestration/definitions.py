@@ -9,6 +9,7 @@ from metronome_suger.orchestration.assets import build_assets
 from metronome_suger.orchestration.automation import build_job, build_schedule
 from metronome_suger.orchestration.checks import build_checks
 from metronome_suger.orchestration.keys import CLOCK, DUCKDB, METRONOME, SUGER, Keys
+from metronome_suger.orchestration.reconciliation import build_reconciliation
 from metronome_suger.orchestration.resources import (
     ClockResource,
     MetronomeResource,
@@ -47,3 +48,16 @@ def build_definitions(config: AppConfig, *, resources: dict[str, Any] | None = N
         sensors=build_sensors(config, job, keys),
         resources={keys.name(name): resource for name, resource in merged.items()},
     )
+
+
+def build_reconciliation_definitions(config: AppConfig, *, resources: dict[str, Any] | None = None) -> dg.Definitions:
+    """The daily ``suger_usage_record_reports`` asset, its ``marketplace_reconciliation`` check, job and schedule.
+
+    A code location of its own (``metronome_suger.reconciliation_definitions``): Dagster runs ``--select '*'``
+    only over assets sharing one partitions definition, and these are daily in every billing mode while the
+    windows are hourly in two of them."""
+    keys = Keys.of(config.key_prefix)
+    merged = {**build_resources(config), **(resources or {})}
+    assets, checks, job, schedule = build_reconciliation(config, keys)
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], schedules=[schedule],
+                          resources={keys.name(name): merged[name] for name in (SUGER, DUCKDB, CLOCK)})

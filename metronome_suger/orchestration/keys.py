@@ -14,8 +14,10 @@ USAGE = "metronome_usage"
 INVOICES = "metronome_invoice_snapshots"
 RECORDS = "suger_usage_records"
 REPORT = "suger_usage_report"
+REPORTS = "suger_usage_record_reports"
 
 GROUP = "metronome_suger"
+RECONCILIATION_GROUP = "metronome_suger_reconciliation"  # daily, whatever the billing mode
 POOL = "metronome_suger_duckdb"  # the DuckDB-writing steps; one at a time per instance
 JOB = "metronome_suger_job"
 LATE_USAGE_SENSOR = "metronome_late_usage_sensor"

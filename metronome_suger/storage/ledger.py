@@ -16,6 +16,7 @@ import duckdb
 
 from metronome_suger.core.ledger import NEEDS_ATTENTION, STATES, SUGER_STATUSES, Event, transition
 from metronome_suger.core.linkage import ENDED_STATUSES
+from metronome_suger.core.reconciliation import OUTCOMES
 from metronome_suger.core.windows import Window
 from metronome_suger.storage.db import QTY, bulk_insert, fetch_one, json_param, json_rows, sql_list
 
@@ -226,3 +227,42 @@ def expired_by_partner(conn: duckdb.DuckDBPyConnection, window: Window) -> list[
         WHERE window_start >= ? AND window_start < ? AND status = 'expired' GROUP BY 1 ORDER BY 1""",
         [window.start, window.end],
     ).fetchall()
+
+
+def _outcome_rank(status: str) -> str:
+    """SQL: the rank of a report ``status`` in core.reconciliation.OUTCOMES (the first outcome ranks highest,
+    0 for a status that decides nothing)."""
+    whens = " ".join(f"WHEN {status} IN {sql_list(statuses)} THEN {len(OUTCOMES) - i}"
+                     for i, (_, statuses) in enumerate(OUTCOMES))
+    return f"(CASE {whens} ELSE 0 END)"
+
+
+def outcome_sql(rank: str) -> str:
+    """SQL: the outcome named by a rank of :func:`_outcome_rank` (NULL for 0)."""
+    whens = " ".join(f"WHEN {rank} = {len(OUTCOMES) - i} THEN '{name}'" for i, (name, _) in enumerate(OUTCOMES))
+    return f"(CASE {whens} END)"
+
+
+# Per group named by a stored report: the deciding report (highest outcome rank, then the latest).
+DECIDING_REPORT_SQL = f"""SELECT mg.record_group_id, r.report_id, r.message,
+        {_outcome_rank('r.status')} AS rank
+    FROM marketplace_report_groups mg JOIN marketplace_reports r USING (report_id)
+    QUALIFY row_number() OVER (PARTITION BY mg.record_group_id
+                               ORDER BY {_outcome_rank('r.status')} DESC, r.creation_time DESC, r.report_id) = 1"""
+
+
+def record_marketplace_outcomes(conn: duckdb.DuckDBPyConnection, group_ids: Sequence[str], now: datetime) -> int:
+    """What the marketplace did with our groups among ``group_ids``, from every stored report naming them:
+    ``marketplace_status`` billed / failed / in_flight (core.reconciliation.OUTCOMES), the deciding report and
+    its message (a refusal's reason). Ledger ``status`` is Suger's side and is not touched."""
+    if not group_ids:
+        return 0
+    return int(fetch_one(conn, f"""UPDATE report_ledger g SET marketplace_status = {outcome_sql('d.rank')},
+            marketplace_report_id = d.report_id, marketplace_message = d.message,
+            updated_at = CAST($now AS TIMESTAMPTZ)
+        FROM ({DECIDING_REPORT_SQL}) d
+        WHERE g.record_group_id = d.record_group_id
+          AND g.record_group_id IN (SELECT unnest(from_json(CAST($ids AS VARCHAR), '["VARCHAR"]')))
+          AND (g.marketplace_status IS DISTINCT FROM {outcome_sql('d.rank')}
+               OR g.marketplace_report_id IS DISTINCT FROM d.report_id)""",
+        {"now": now, "ids": json.dumps(sorted(set(group_ids)))})[0])

@@ -96,7 +96,32 @@ _LATE_USAGE: tuple[str, ...] = (
         observed_at TIMESTAMPTZ NOT NULL)""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_TABLES, _LINEAGE_AND_DIMENSIONS, _CLAIMS, _LATE_USAGE)
+# What Suger told each marketplace (``suger_usage_record_reports``): its usage record reports, their lines per
+# dimension, the groups each carried, the groups of other senders (Suger's own Metronome integration) found in
+# them, each report's status history, and per ledger group the marketplace's outcome.
+_MARKETPLACE_REPORTS: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS marketplace_reports (
+        report_id VARCHAR PRIMARY KEY, day DATE NOT NULL, entitlement_id VARCHAR, partner VARCHAR,
+        status VARCHAR, message VARCHAR, creation_time TIMESTAMPTZ, start_time TIMESTAMPTZ,
+        end_time TIMESTAMPTZ, request JSON, first_seen_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS marketplace_report_history (
+        report_id VARCHAR NOT NULL, status VARCHAR, message VARCHAR, observed_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS marketplace_report_lines (
+        report_id VARCHAR NOT NULL, dimension_key VARCHAR NOT NULL, reported DECIMAL(38,10) NOT NULL,
+        told DECIMAL(38,10), decimal_before DECIMAL(38,10), decimal_after DECIMAL(38,10),
+        unit_price DECIMAL(38,10), PRIMARY KEY (report_id, dimension_key))""",
+    """CREATE TABLE IF NOT EXISTS marketplace_report_groups (
+        report_id VARCHAR NOT NULL, record_group_id VARCHAR NOT NULL, PRIMARY KEY (report_id, record_group_id))""",
+    """CREATE TABLE IF NOT EXISTS foreign_group_lines (
+        record_group_id VARCHAR NOT NULL, source VARCHAR NOT NULL, dimension_key VARCHAR NOT NULL,
+        quantity DECIMAL(38,10) NOT NULL, PRIMARY KEY (record_group_id, dimension_key))""",
+    "ALTER TABLE report_ledger ADD COLUMN IF NOT EXISTS marketplace_status VARCHAR",
+    "ALTER TABLE report_ledger ADD COLUMN IF NOT EXISTS marketplace_report_id VARCHAR",
+    "ALTER TABLE report_ledger ADD COLUMN IF NOT EXISTS marketplace_message VARCHAR",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _TABLES, _LINEAGE_AND_DIMENSIONS, _CLAIMS, _LATE_USAGE, _MARKETPLACE_REPORTS)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Session macros, defined on every connection (a PostgreSQL ledger cannot store a DuckDB macro).

@@ -1,0 +1,140 @@
+"""The three-way reconciliation of one UTC day in SQL: our groups by cause, the billed reports' figures, per
+entitlement × dimension. The causes and the arithmetic are core.reconciliation's."""
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from metronome_suger.core.reconciliation import (
+    BILLED_REPORTS,
+    FAILED_REPORTS,
+    LEDGER_CAUSES,
+    REPORT_GRACE,
+    SUGER_INTEGRATION,
+    Line,
+    Reconciliation,
+    units,
+)
+from metronome_suger.storage.db import sql_list
+from metronome_suger.storage.ledger import DECIDING_REPORT_SQL, outcome_sql
+
+# A group's cause: its deciding report's outcome, else its ledger status, else in flight within the grace.
+_CAUSE_SQL = f"""CASE WHEN {outcome_sql('d.rank')} IN ('billed', 'failed') THEN {outcome_sql('d.rank')}
+    WHEN g.status IN {sql_list(LEDGER_CAUSES)} THEN g.status
+    WHEN d.rank IS NOT NULL AND {outcome_sql('d.rank')} = 'in_flight' THEN 'in_flight'
+    WHEN coalesce(g.answered_at, g.sent_at, g.created_at) > CAST($now AS TIMESTAMPTZ) - $grace THEN 'in_flight'
+    ELSE 'missing_report' END"""
+
+_OURS_SQL = f"""SELECT g.entitlement_id, g.partner, l.dimension_key, {_CAUSE_SQL} AS cause,
+        sum(l.quantity) AS quantity, sum(CASE WHEN g.status IN ('sent', 'accepted') THEN l.quantity ELSE 0 END)
+    FROM report_ledger g JOIN report_lines l USING (record_group_id)
+    LEFT JOIN ({DECIDING_REPORT_SQL}) d USING (record_group_id)
+    WHERE g.window_start >= $day AND g.window_start < $next {{entitlement}}
+    GROUP BY ALL"""
+
+_DECREASES_SQL = """SELECT o.entitlement_id, o.dimension_key, sum(o.reported - o.current)
+    FROM over_reported o WHERE o.window_start >= $day AND o.window_start < $next {entitlement} GROUP BY ALL"""
+
+# The billed reports of the day: what the marketplace was told, the carry, the rounding, the other senders'
+# groups they carried. A report belongs to the day of the usage it carries (its start time).
+_TOLD_SQL = f"""WITH billed AS (
+        SELECT * FROM marketplace_reports r WHERE r.day = $day AND r.status IN {{billed}} {{entitlement}}
+    ), foreign_units AS (
+        SELECT mg.report_id, f.dimension_key, sum(f.quantity) AS quantity
+        FROM marketplace_report_groups mg JOIN foreign_group_lines f USING (record_group_id)
+        WHERE f.source = '{SUGER_INTEGRATION}' GROUP BY ALL
+    )
+    SELECT r.entitlement_id, r.partner, l.dimension_key, sum(coalesce(l.told, l.reported)),
+           sum(coalesce(l.decimal_before, 0) - coalesce(l.decimal_after, 0)),
+           sum(coalesce(l.told, l.reported) - l.reported), coalesce(sum(fu.quantity), 0), max(l.unit_price)
+    FROM billed r JOIN marketplace_report_lines l USING (report_id)
+    LEFT JOIN foreign_units fu ON fu.report_id = r.report_id AND fu.dimension_key = l.dimension_key
+    GROUP BY ALL"""
+
+# Reports of the day whose quantity disagrees with the groups they name (ours and known others', with the
+# carry): named with both numbers.
+_MISMATCH_SQL = """WITH carried AS (
+        SELECT mg.report_id, l.dimension_key, l.quantity FROM marketplace_report_groups mg
+        JOIN report_lines l USING (record_group_id)
+        UNION ALL
+        SELECT mg.report_id, f.dimension_key, f.quantity FROM marketplace_report_groups mg
+        JOIN foreign_group_lines f USING (record_group_id)
+    ), sums AS (SELECT report_id, dimension_key, sum(quantity) AS quantity FROM carried GROUP BY ALL)
+    SELECT r.entitlement_id, l.dimension_key, r.report_id, r.status, l.reported, coalesce(s.quantity, 0),
+           coalesce(l.decimal_before, 0) - coalesce(l.decimal_after, 0)
+    FROM marketplace_reports r JOIN marketplace_report_lines l USING (report_id)
+    LEFT JOIN sums s ON s.report_id = r.report_id AND s.dimension_key = l.dimension_key
+    WHERE r.day = $day {entitlement}
+      AND l.reported <> coalesce(s.quantity, 0) + coalesce(l.decimal_before, 0) - coalesce(l.decimal_after, 0)
+    ORDER BY 1, 2, 3"""
+
+_FAILED_SQL = """SELECT r.entitlement_id, r.partner, l.dimension_key, r.report_id, r.message
+    FROM marketplace_reports r JOIN marketplace_report_lines l USING (report_id)
+    WHERE r.day = $day AND r.status IN {failed} {entitlement} ORDER BY 1, 3, r.creation_time, 4"""
+
+_FOREIGN_SQL = """SELECT DISTINCT mg.record_group_id FROM marketplace_reports r JOIN marketplace_report_groups mg
+    USING (report_id)
+    WHERE r.day = $day {entitlement}
+      AND mg.record_group_id NOT IN (SELECT record_group_id FROM report_ledger)
+      AND mg.record_group_id NOT IN (SELECT record_group_id FROM foreign_group_lines)
+    ORDER BY 1"""
+
+_RATES_SQL = """SELECT entitlement_id, dimension_key, max(rate) FROM entitlement_dimensions
+    WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions) GROUP BY ALL"""
+
+
+def reconcile(conn: duckdb.DuckDBPyConnection, day: date, now: datetime, *, entitlement_id: str | None = None,
+              grace: timedelta = REPORT_GRACE) -> Reconciliation:
+    """The day's lines (optionally one entitlement's), sorted by entitlement and dimension."""
+    start = datetime(day.year, day.month, day.day, tzinfo=now.tzinfo)
+    params: dict[str, Any] = {"day": start, "next": start + timedelta(days=1)}
+    where = ""
+    if entitlement_id is not None:
+        where, params["ent"] = "AND {alias}.entitlement_id = $ent", entitlement_id
+
+    def rows(sql: str, alias: str, **extra: Any) -> list[tuple[Any, ...]]:
+        query = sql.format(entitlement=where.format(alias=alias), billed=sql_list(BILLED_REPORTS),
+                           failed=sql_list(FAILED_REPORTS))
+        used = {k: v for k, v in {**params, **extra}.items() if f"${k}" in query}
+        return conn.execute(query, used).fetchall()
+
+    lines: dict[tuple[str, str], Line] = {}
+
+    def line(ent: str, partner: str | None, dim: str) -> Line:
+        found = lines.get((ent, dim))
+        if found is None:
+            found = lines[(ent, dim)] = Line(ent, partner or "", dim)
+        elif partner and not found.partner:
+            found.partner = partner
+        return found
+
+    for ent, partner, dim, cause, quantity, sent in rows(_OURS_SQL, "g", now=now, grace=grace):
+        item = line(ent, partner, dim)
+        item.causes[cause] = item.cause(cause) + quantity
+        item.converted += quantity
+        item.sent += sent
+    for ent, dim, decrease in rows(_DECREASES_SQL, "o"):
+        item = line(ent, None, dim)
+        item.late_decrease += decrease
+        item.converted -= decrease
+    for ent, partner, dim, told, carry, rounding, foreign, price in rows(_TOLD_SQL, "r"):
+        item = line(ent, partner, dim)
+        item.told, item.carry, item.rounding, item.suger_integration, item.unit_price = (
+            told, carry, rounding, foreign, price)
+    for ent, dim, report, status, reported, carried, carry in rows(_MISMATCH_SQL, "r"):
+        line(ent, None, dim).notes.append(
+            f"report {report} ({status}) told the marketplace {units(reported)} but its groups sum "
+            f"{units(carried)}" + (f" and the carry {units(carry)}" if carry else ""))
+    for ent, partner, dim, report, message in rows(_FAILED_SQL, "r"):
+        line(ent, partner, dim).notes.append(f"report {report} FAILED: {message or 'no message'}")
+    rates = {(ent, dim): rate for ent, dim, rate in conn.execute(_RATES_SQL).fetchall()}
+    for (ent, dim), item in lines.items():
+        if item.unit_price is None:
+            item.unit_price = rates.get((ent, dim))
+    reports = int(conn.execute(
+        "SELECT count(*) FROM marketplace_reports r WHERE r.day = $day " + where.format(alias="r"),
+        {k: v for k, v in params.items() if k != "next"}).fetchone()[0])  # type: ignore[index]
+    foreign = [r[0] for r in rows(_FOREIGN_SQL, "r")]
+    return Reconciliation(day.isoformat(), [lines[k] for k in sorted(lines)], foreign, reports)
+
