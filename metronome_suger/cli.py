@@ -1,4 +1,4 @@
-"""``metronome-suger``: sandbox | demo | dev | verify | link | status.
+"""``metronome-suger``: sandbox | demo | dev | verify | link | status | reconcile.
 
 Every command announces the configuration file in use on its first line, and turns configuration and
 API errors into one clear message and exit code 1 instead of a traceback.
@@ -8,7 +8,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.config import ConfigError, LoadedConfig, load_config
@@ -19,6 +19,13 @@ def _parse_time(value: str) -> datetime:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {value!r}") from None
+
+
+def _parse_day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="per window: groups computed, sent, accepted, rejected, expired")
     status.add_argument("--since", type=_parse_time, default=None, help="ISO-8601 start (default: 24 h ago)")
+    reconcile = sub.add_parser("reconcile", help="a UTC day: Metronome (converted) vs the ledger vs what Suger told "
+                                                 "the marketplace, per entitlement × dimension; exit 1 on an "
+                                                 "unexplained difference")
+    reconcile.add_argument("--day", type=_parse_day, default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
+    reconcile.add_argument("--entitlement", default=None, help="one Suger entitlement id")
+    reconcile.add_argument("--json", action="store_true", help="the lines as JSON")
     return parser
 
 
@@ -87,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return operations.link(loaded.config, args.buyer_id, args.metronome_customer_id)
         if args.command == "status":
             return operations.status(loaded.config, since=args.since)
+        if args.command == "reconcile":
+            return operations.reconcile(loaded.config, day=args.day, entitlement_id=args.entitlement,
+                                        as_json=args.json)
     except (ConfigError, ApiError) as exc:
         print(f"metronome-suger: error: {exc}", file=sys.stderr)
         return 1

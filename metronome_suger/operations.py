@@ -1,8 +1,10 @@
-"""``verify``, ``link`` and ``status``: what an operator runs by hand."""
+"""``verify``, ``link``, ``status`` and ``reconcile``: what an operator runs by hand."""
 
+import json
 from collections import Counter
-from collections.abc import Collection
-from datetime import datetime, timedelta, timezone
+from collections.abc import Collection, Sequence
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 
 from metronome_suger.clients.errors import ApiError, AuthError
 from metronome_suger.clients.metronome import MetronomeClient
@@ -18,9 +20,18 @@ from metronome_suger.core.conversion import (
     whitelisted_ids,
 )
 from metronome_suger.core.linkage import ENDED_STATUSES, UnknownEntitlementError, reports_usage
+from metronome_suger.core.reconciliation import PROBLEMS, Reconciliation, money, units
 from metronome_suger.core.windows import iso
+from metronome_suger.steps.reconciliation import read_reports
 from metronome_suger.steps.snapshots import read_links
 from metronome_suger.storage.db import connect
+
+
+def print_table(table: Sequence[Sequence[str]]) -> None:
+    """Rows of cells in aligned columns (the first row is the header)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 def _metronome(config: AppConfig) -> MetronomeClient:
@@ -162,9 +173,60 @@ def status(config: AppConfig, *, since: datetime | None = None) -> int:
     table = [headers] + [
         (f"{r[0]:%Y-%m-%d %H:%M}", *(str(v) for v in r[1:7]), r[7] or "-", str(r[8])) for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    for row in table:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    print_table(table)
     if not rows:
         print(f"no record groups since {since:%Y-%m-%d %H:%M} UTC")
     return 0
+
+
+def reconcile(config: AppConfig, *, day: date | None = None, entitlement_id: str | None = None,
+              as_json: bool = False) -> int:
+    """Read Suger's usage record reports of the UTC ``day`` (default yesterday), store them, and print the
+    three-way reconciliation; 1 when a line has an unexplained difference or a report missing past the grace."""
+    now = datetime.now(timezone.utc)
+    day = day or (now - timedelta(days=1)).date()
+    if not config.storage.is_postgres and not config.duckdb_path.exists():
+        print(f"no data yet: {config.duckdb_path} does not exist (run the pipeline first)")
+        return 0
+    with _suger(config) as client:
+        out = read_reports(client, lambda **kw: connect(config.database(), **kw), day, now,
+                           config.reconciliation_grace, entitlement_id)
+    result = out.reconciliation
+    if as_json:
+        print(json.dumps(reconciliation_json(result), indent=2))
+    else:
+        print_reconciliation(result)
+    return 1 if result.problems else 0
+
+
+def reconciliation_json(result: Reconciliation) -> dict[str, object]:
+    return {"day": result.day, "reports": result.reports, "foreign_groups": result.foreign_groups,
+            "lines": [line.as_dict() for line in result.lines], "problems": len(result.problems),
+            "billed_dollars": units(result.total_dollars("billed_dollars")),
+            "lost_dollars": units(result.total_dollars("lost_dollars"))}
+
+
+def print_reconciliation(result: Reconciliation) -> None:
+    """One line per entitlement × dimension, the totals, then every named difference and note."""
+    print(f"marketplace reconciliation of {result.day} (UTC): {result.reports} usage record report(s)")
+    headers = ("entitlement", "partner", "dimension", "converted", "sent", "told", "billed", "lost",
+               "unexplained")
+    table = [headers] + [(line.entitlement_id, line.partner, line.dimension_key, units(line.converted),
+                          units(line.sent), units(line.told), money(line.billed_dollars),
+                          money(line.lost_dollars), units(line.unexplained)) for line in result.lines]
+    table.append(("total", "", "", units(result.total("converted")), units(result.total("sent")),
+                  units(result.total("told")), money(result.total_dollars("billed_dollars")),
+                  money(result.total_dollars("lost_dollars")),
+                  units(sum((abs(line.unexplained) for line in result.lines), Decimal(0)))))
+    print_table(table)
+    for line in result.lines:
+        named = ", ".join(f"{name} {units(value)}" for name, value in line.differences().items())
+        if named or line.notes:
+            print(f"- {line.entitlement_id} {line.dimension_key}: {named or 'no difference'}"
+                  + "".join(f"; {note}" for note in line.notes))
+    for group_id in result.foreign_groups:
+        print(f"- foreign group {group_id}: in a report of ours, sent by neither this pipeline nor Suger's "
+              "Metronome integration (its units are unexplained)")
+    problems = result.problems
+    print(f"{len(problems)} line(s) with {' or '.join(PROBLEMS)}" if problems else
+          "every difference is explained" if result.lines else "nothing to reconcile for this day")

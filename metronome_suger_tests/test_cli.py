@@ -1,5 +1,6 @@
 """The commands of CONTRACT §2, run as a user runs them: real subprocesses against a running sandbox."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,28 +43,6 @@ def live_sandbox():
     """Real clock: the Dagster CLI run uses wall time for deadlines, so the data sits in the last hour."""
     with Sandbox(customers=0) as sb:
         yield sb
-
-
-def test_dagster_cli_materializes_one_window_end_to_end(live_sandbox: Sandbox, tmp_path: Path) -> None:
-    sb = live_sandbox
-    start = floor(datetime.now(timezone.utc), True) - timedelta(hours=1)
-    cpu = sb.metronome.add_billable_metric("cpu_hours")["id"]
-    customer = sb.metronome.add_customer("Dana")["id"]
-    buyer = sb.suger.add_buyer("Dana AWS", partner="AWS", metronome_customer_id=customer)["id"]
-    ent = sb.suger.add_entitlement(buyer, partner="AWS", dimensions=AWS_DIMS)["id"]
-    sb.metronome.set_usage(customer, cpu, start, Decimal("7.5"))
-    config = write_config(tmp_path / "cfg.yaml", sb, tmp_path / "db.duckdb")
-    key = start.strftime("%Y-%m-%d-%H:%M")
-    proc = run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "metronome_suger.definitions",
-         "--select", "*", "--partition", key],
-        cwd=tmp_path, env={"METRONOME_SUGER_CONFIG": str(config), **sb.env()},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    groups = sent_groups(sb)
-    assert [(g["entitlementID"], g["records"]) for g in groups] == [(ent, {"cpu_hour": Decimal("7.5")})]
-    for secret in sb.env().values():
-        assert secret not in proc.stdout and secret not in proc.stderr
 
 
 def test_definitions_validate_loads_without_network_or_tokens(tmp_path: Path) -> None:
@@ -157,3 +136,51 @@ def test_sandbox_command_prints_urls_org_id_and_environment(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_dagster_cli_materializes_a_window_and_reconcile_accounts_for_it(live_sandbox: Sandbox, tmp_path: Path) -> None:
+    """One window materialized end to end with the Dagster CLI and forwarded by Suger's job: `metronome-suger reconcile`
+    prints one line per entitlement × dimension with nothing unexplained (exit 0), `--json` gives the exact
+    figures, the reconciliation location materializes with `--select '*'` too; a group Suger reports for our
+    entitlement that nobody we know sent makes it exit 1, naming the group."""
+    sb = live_sandbox
+    start = floor(datetime.now(timezone.utc), True) - timedelta(hours=1)
+    cpu = sb.metronome.add_billable_metric("cpu_hours")["id"]
+    customer = sb.metronome.add_customer("Dana")["id"]
+    buyer = sb.suger.add_buyer("Dana AWS", partner="AWS", metronome_customer_id=customer)["id"]
+    ent = sb.suger.add_entitlement(buyer, partner="AWS", dimensions=AWS_DIMS)["id"]
+    sb.metronome.set_usage(customer, cpu, start, Decimal("7.5"))
+    config = write_config(tmp_path / "cfg.yaml", sb, tmp_path / "db.duckdb")
+    env = {"METRONOME_SUGER_CONFIG": str(config), **sb.env()}
+    window = run([str(BIN / "dagster"), "asset", "materialize", "-m", "metronome_suger.definitions",
+                  "--select", "*", "--partition", start.strftime("%Y-%m-%d-%H:%M")], cwd=tmp_path, env=env)
+    assert window.returncode == 0, window.stderr[-3000:]
+    assert [(g["entitlementID"], g["records"]) for g in sent_groups(sb)] == [(ent, {"cpu_hour": Decimal("7.5")})]
+    sb.suger.run_forwarder()  # Suger's hourly job, now: 7 whole units to AWS, 0.5 carried
+    day = start.strftime("%Y-%m-%d")
+
+    text = run([str(BIN / "metronome-suger"), "reconcile", "--day", day], cwd=tmp_path, env=env)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert f"marketplace reconciliation of {day} (UTC): 1 usage record report(s)" in text.stdout
+    assert f"- {ent} cpu_hour: carry -0.5" in text.stdout
+    assert "every difference is explained" in text.stdout
+    as_json = run([str(BIN / "metronome-suger"), "reconcile", "--day", day, "--entitlement", ent, "--json"],
+                  cwd=tmp_path, env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    payload = json.loads(as_json.stdout.split("\n", 1)[1])  # the first line announces the configuration
+    [line] = payload["lines"]
+    assert (line["converted"], line["sent"], line["told"], line["billed_dollars"], line["differences"]) == (
+        "7.5", "7.5", "7", "0.84", {"carry": "-0.5"})
+    reports = run([str(BIN / "dagster"), "asset", "materialize", "-m", "metronome_suger.reconciliation_definitions",
+                   "--select", "*", "--partition", day], cwd=tmp_path, env=env)
+    assert reports.returncode == 0, reports.stderr[-3000:]
+
+    stranger = sb.suger.add_foreign_group(ent, {"cpu_hour": 2}, source="STRIPE", timestamp=start)["id"]
+    sb.suger.run_forwarder()
+    failing = run([str(BIN / "metronome-suger"), "reconcile", "--day", day], cwd=tmp_path, env=env)
+    assert failing.returncode == 1, failing.stdout + failing.stderr
+    assert f"- foreign group {stranger}:" in failing.stdout
+    assert "1 line(s) with missing_report or unexplained" in failing.stdout
+    for secret in sb.env().values():
+        assert secret not in (window.stdout + window.stderr + text.stdout + as_json.stdout + failing.stdout
+                              + reports.stdout + reports.stderr)

@@ -111,6 +111,16 @@ class Line:
     def lost_dollars(self) -> Decimal | None:
         return self.dollars(sum((self.cause(c) for c in LOST), Decimal(0)))
 
+    def as_dict(self) -> dict[str, Any]:
+        """The line as JSON-ready values (decimals as exact strings)."""
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else units(value)
+        return {"entitlement_id": self.entitlement_id, "partner": self.partner, "dimension_key": self.dimension_key,
+                "converted": text(self.converted), "sent": text(self.sent), "told": text(self.told),
+                "unit_price": text(self.unit_price), "billed_dollars": text(self.billed_dollars),
+                "lost_dollars": text(self.lost_dollars), "unexplained": text(self.unexplained),
+                "differences": {k: text(v) for k, v in self.differences().items()}, "notes": list(self.notes)}
+
     def differences(self) -> dict[str, Decimal]:
         """Every nonzero cause of a difference between converted and told, named (units)."""
         named: dict[str, Decimal] = {c: self.cause(c) for c in UNBILLED}

@@ -18,7 +18,8 @@ LIMIT = 50  # lines listed in metadata
 
 
 def _partitions(config: AppConfig) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=config.start.strftime("%Y-%m-%d"), timezone="UTC")
+    """Every UTC day from the configuration's start, today's included (a partial day reconciles too)."""
+    return dg.DailyPartitionsDefinition(start_date=config.start.strftime("%Y-%m-%d"), timezone="UTC", end_offset=1)
 
 
 def _day(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> date:

@@ -26,7 +26,7 @@ REPORT_DAYS_AFTER = 2
 
 @dataclass(frozen=True)
 class ReportsResult:
-    reports: int  # of our entitlements, carrying usage of the day
+    reports: int  # of our entitlements, starting on the day
     statuses: dict[str, int]
     changed: int  # new reports and status changes since the last read
     foreign_groups: int  # group ids in them that we did not send
@@ -52,17 +52,18 @@ def _row(report: UsageRecordReport, day: date) -> ReportRow:
 
 
 def read_reports(client: SugerClient, connect: Connect, day: date, now: datetime,
-                 grace: timedelta = REPORT_GRACE) -> ReportsResult:
+                 grace: timedelta = REPORT_GRACE, entitlement_id: str | None = None) -> ReportsResult:
     """The reports of our entitlements carrying ``day``'s usage, stored; the groups of Suger's own Metronome
     integration they name are read too (their quantities explain part of the report). Then the day's
-    reconciliation as of ``now``."""
+    reconciliation as of ``now`` (of every entitlement, or of ``entitlement_id``)."""
     with connect(read_only=True) as conn:
         ours = {r[0] for r in conn.execute(
             "SELECT entitlement_id FROM entitlements UNION SELECT DISTINCT entitlement_id FROM report_ledger"
         ).fetchall()}
     last = min(day + timedelta(days=REPORT_DAYS_AFTER), now.date())
     listed = client.list_usage_record_reports(start_date=day, end_date=max(day, last))
-    reports = [_row(r, day) for r in listed if r.entitlementID in ours and report_day(r) == day]
+    # Every report of ours listed is kept, whatever day it starts: one may carry groups of several days.
+    reports = [_row(r, report_day(r) or day) for r in listed if r.entitlementID in ours]
     named = [gid for r in reports for gid in r.group_ids]
     with connect(read_only=True) as conn:
         unknown = set(unknown_group_ids(conn, named))
@@ -74,9 +75,10 @@ def read_reports(client: SugerClient, connect: Connect, day: date, now: datetime
                 foreign += [ForeignLine(group.id, SUGER_INTEGRATION, k, q) for k, q in group.records.items()]
     with connect() as conn:
         changed = store_reports(conn, reports, foreign, now)
-        result = reconcile(conn, day, now, grace=grace)
+        result = reconcile(conn, day, now, grace=grace, entitlement_id=entitlement_id)
     if result.foreign_groups:
         logger.warning("Suger reports of %s name %d groups neither this pipeline nor Suger's Metronome integration "
                        "sent: %s", day, len(result.foreign_groups), ", ".join(result.foreign_groups[:20]))
-    statuses = Counter(r.status or "none" for r in reports)
-    return ReportsResult(len(reports), dict(sorted(statuses.items())), changed, len(result.foreign_groups), result)
+    statuses = Counter(r.status or "none" for r in reports if r.day == day)
+    return ReportsResult(sum(statuses.values()), dict(sorted(statuses.items())), changed, len(result.foreign_groups),
+                         result)

@@ -36,21 +36,40 @@ _OURS_SQL = f"""SELECT g.entitlement_id, g.partner, l.dimension_key, {_CAUSE_SQL
 _DECREASES_SQL = """SELECT o.entitlement_id, o.dimension_key, sum(o.reported - o.current)
     FROM over_reported o WHERE o.window_start >= $day AND o.window_start < $next {entitlement} GROUP BY ALL"""
 
-# The billed reports of the day: what the marketplace was told, the carry, the rounding, the other senders'
-# groups they carried. A report belongs to the day of the usage it carries (its start time).
+REPORT_LOOKBACK_DAYS = 3  # a report starting this many days before a day may carry its groups (retries)
+
+# The billed reports carrying the day's usage: what the marketplace was told, the carry, the rounding, the other
+# senders' groups they carried. A report belongs to the day it starts (its first group's hour), but one report
+# may carry groups of several days (a late window handed over with the next day's): each day is told the
+# quantity of its own groups, and the report's day the rest (carry, rounding, other senders, any mismatch).
 _TOLD_SQL = f"""WITH billed AS (
-        SELECT * FROM marketplace_reports r WHERE r.day = $day AND r.status IN {{billed}} {{entitlement}}
+        SELECT * FROM marketplace_reports r
+        WHERE r.status IN {{billed}} AND r.day BETWEEN CAST($day AS DATE) - {REPORT_LOOKBACK_DAYS}
+                                                   AND CAST($day AS DATE) {{entitlement}}
+    ), ours AS (
+        SELECT mg.report_id, l.dimension_key, sum(l.quantity) AS total,
+               sum(l.quantity) FILTER (WHERE g.window_start >= $day AND g.window_start < $next) AS on_day
+        FROM billed r JOIN marketplace_report_groups mg USING (report_id)
+        JOIN report_ledger g USING (record_group_id) JOIN report_lines l USING (record_group_id) GROUP BY ALL
     ), foreign_units AS (
         SELECT mg.report_id, f.dimension_key, sum(f.quantity) AS quantity
-        FROM marketplace_report_groups mg JOIN foreign_group_lines f USING (record_group_id)
-        WHERE f.source = '{SUGER_INTEGRATION}' GROUP BY ALL
+        FROM billed r JOIN marketplace_report_groups mg USING (report_id)
+        JOIN foreign_group_lines f USING (record_group_id) WHERE f.source = '{SUGER_INTEGRATION}' GROUP BY ALL
+    ), told AS (
+        SELECT r.entitlement_id, r.partner, l.dimension_key, r.day = CAST($day AS DATE) AS own,
+               coalesce(o.on_day, 0) AS on_day, coalesce(o.total, 0) AS ours, coalesce(l.told, l.reported) AS told,
+               l.reported, coalesce(l.decimal_before, 0) - coalesce(l.decimal_after, 0) AS carry,
+               coalesce(fu.quantity, 0) AS foreign_quantity, l.unit_price
+        FROM billed r JOIN marketplace_report_lines l USING (report_id)
+        LEFT JOIN ours o ON o.report_id = r.report_id AND o.dimension_key = l.dimension_key
+        LEFT JOIN foreign_units fu ON fu.report_id = r.report_id AND fu.dimension_key = l.dimension_key
+        WHERE r.day = CAST($day AS DATE) OR o.on_day IS NOT NULL
     )
-    SELECT r.entitlement_id, r.partner, l.dimension_key, sum(coalesce(l.told, l.reported)),
-           sum(coalesce(l.decimal_before, 0) - coalesce(l.decimal_after, 0)),
-           sum(coalesce(l.told, l.reported) - l.reported), coalesce(sum(fu.quantity), 0), max(l.unit_price)
-    FROM billed r JOIN marketplace_report_lines l USING (report_id)
-    LEFT JOIN foreign_units fu ON fu.report_id = r.report_id AND fu.dimension_key = l.dimension_key
-    GROUP BY ALL"""
+    SELECT entitlement_id, partner, dimension_key,
+           sum(on_day + CASE WHEN own THEN told - ours ELSE 0 END), sum(CASE WHEN own THEN carry ELSE 0 END),
+           sum(CASE WHEN own THEN told - reported ELSE 0 END), sum(CASE WHEN own THEN foreign_quantity ELSE 0 END),
+           max(unit_price)
+    FROM told GROUP BY ALL"""
 
 # Reports of the day whose quantity disagrees with the groups they name (ours and known others', with the
 # carry): named with both numbers.

@@ -2,7 +2,7 @@
 forwarder reporting to its marketplaces, then ``suger_usage_record_reports`` and ``marketplace_reconciliation``
 for the day, with exact figures."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -81,3 +81,25 @@ def test_a_normal_day_with_decimal_carry_reconciles_to_zero_unexplained(sandbox:
     assert evaluation.metadata["billed_dollars"].value == 1.12
     ledger = pipeline.query("SELECT DISTINCT entitlement_id, marketplace_status FROM report_ledger ORDER BY 1")
     assert sorted(ledger) == sorted([(ents["AWS"], "billed"), (ents["GCP"], "billed")])
+
+
+def test_a_report_carrying_two_days_tells_each_day_its_own_groups(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    """23:00's window runs late, after the next day's first: Suger's 02:00 run reports both groups in one
+    report (5 whole units). Each day is told the quantity of its own groups; neither has anything unexplained."""
+    world(sandbox, {"AWS": [(23, "2")]})
+    customer = sandbox.metronome.customers()[0]["id"]
+    cpu = sandbox.metronome.metrics()[0]["id"]
+    sandbox.metronome.set_usage(customer, cpu, at(0, day=26), Decimal(3))
+    for partition, when in (("2026-11-26-00:00", at(1, 5, day=26)), (key(23), at(1, 10, day=26))):
+        result = pipeline.run(partition, at=when)
+        assert result.success, failure_text(result)
+    first = pipeline.reconcile(DAY, at=at(9, day=26))
+    second = pipeline.reconcile("2026-11-26", at=at(9, day=26))
+    assert check(first).passed and check(second).passed, (check(first).description, check(second).description)
+    [report] = sandbox.suger.usage_record_reports()
+    assert report["info"]["reportedRecords"] == {"cpu_hour": 5}
+    assert figures(lines(pipeline, at(9, day=26))[("AWS", "cpu_hour")]) == {
+        "converted": Decimal(2), "sent": Decimal(2), "told": Decimal(2)}
+    with connect(pipeline.database(), read_only=True) as conn:
+        [next_day] = reconcile(conn, datetime(2026, 11, 26).date(), at(9, day=26)).lines
+    assert figures(next_day) == {"converted": Decimal(3), "sent": Decimal(3), "told": Decimal(3)}
