@@ -12,8 +12,9 @@ import dagster as dg
 
 from metronome_suger.config import AppConfig, LoadedConfig
 from metronome_suger.core.amounts import cents_to_dollars, dollars_text
+from metronome_suger.core.reconciliation import money
 from metronome_suger.core.windows import Window, grain, last_closed_windows
-from metronome_suger.orchestration.definitions import build_definitions
+from metronome_suger.orchestration.definitions import build_definitions, build_reconciliation_definitions
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.storage.amounts import window_increase
 from metronome_suger.storage.db import connect, fetch_one
@@ -66,6 +67,13 @@ def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstan
     return WindowSummary(window, result.success, checks, error)
 
 
+def _reconcile_day(config: AppConfig, day: str, at: datetime, instance: dg.DagsterInstance) -> None:
+    """``suger_usage_record_reports`` for the day: the marketplace outcome of each group."""
+    defs = build_reconciliation_definitions(config, resources={"clock": ClockResource(frozen_at=at.isoformat())})
+    defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET)
+
+
 def _poll_suger(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
     sensor = defs.resolve_sensor_def("suger_status_sensor")
     sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
@@ -78,7 +86,7 @@ def _checks_text(checks: dict[str, str]) -> str:
 
 
 def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
-    headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "checks", "delay"]
+    headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "marketplace billed", "checks", "delay"]
     if config.amount_mode:  # the dollars Metronome's invoice totals grew by, before conversion
         headers.insert(2, "invoice increase")
     rows = []
@@ -104,12 +112,17 @@ def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
                 [w.start],
             )[0]
             quantity = ", ".join(f"{k}={v.normalize():f}" for k, v in dims) or "-"
+            billed, billed_dollars = fetch_one(
+                conn, "SELECT count(*), coalesce(sum(dollars), 0) FROM report_ledger WHERE window_start = ? "
+                      "AND marketplace_status = 'billed'", [w.start])
+            marketplace = f"{billed}/{groups} groups {money(billed_dollars)}"
             row = [
                 w.partition_key,
                 str(customers),
                 str(groups),
                 quantity,
                 ", ".join(f"{k}:{n}" for k, n in statuses) or "-",
+                marketplace,
                 _checks_text(s.checks),
                 f"{(last - w.end).total_seconds() / 3600:.1f} h" if last else "-",
             ]
@@ -152,6 +165,8 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
         sandbox.clock.set(tick)
         _poll_suger(build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())}),
                     instance)
+        for day in sorted({w.start.date() for w in chosen}):  # what Suger told the marketplaces, per day
+            _reconcile_day(demo_config, day.isoformat(), tick, instance)
     print(_table(demo_config, summaries))
     if demo_config.amount_mode:
         print("(amount modes: the first window reports each open invoice's total so far, the pipeline had not "
@@ -159,7 +174,8 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
     for s in summaries:
         if not s.success:
             print(f"{s.window.partition_key}: {s.error}")
-    print(f"\nDuckDB file: {DEMO_DB} (tables: usage_records, report_ledger, ...)")
+    print("(marketplace: what the marketplaces billed of each window, per Suger's usage record reports)")
+    print(f"\nDuckDB file: {DEMO_DB} (tables: usage_records, report_ledger, marketplace_reports, ...)")
     return 0
 
 

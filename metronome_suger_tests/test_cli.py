@@ -98,6 +98,9 @@ def test_demo_prints_the_window_table(tmp_path: Path) -> None:
     for row in rows:
         # the status sensor's poll saw Suger forward every group; only the sandbox's unlinked customer warns
         assert "accepted:" in row and "sent:" not in row
+        # Suger's usage record reports say the marketplaces billed every group of the window
+        groups = row.split()[2]
+        assert f" {groups}/{groups} groups $" in row
         assert "customer_linkage:warn" in row
         assert "FAIL" not in row
     assert (tmp_path / "data" / "demo" / "metronome_suger.duckdb").exists()
