@@ -190,7 +190,7 @@ def reconcile(config: AppConfig, *, day: date | None = None, entitlement_id: str
         return 0
     with _suger(config) as client:
         out = read_reports(client, lambda **kw: connect(config.database(), **kw), day, now,
-                           config.reconciliation_grace, entitlement_id)
+                           config.reconciliation_grace, entitlement_id, config.deadlines)
     result = out.reconciliation
     if as_json:
         print(json.dumps(reconciliation_json(result), indent=2))

@@ -22,9 +22,11 @@ IN_FLIGHT_REPORTS = ("CREATED",)  # the marketplace call has not completed
 REPORT_GRACE = timedelta(hours=6)  # a group handed to Suger without a report for longer is a problem
 SUGER_INTEGRATION = "METRONOME"  # metaInfo.source of the groups Suger's own Metronome integration stores
 
-Cause = Literal["billed", "failed", "pending", "expired", "rejected", "in_flight", "missing_report"]
+Cause = Literal["billed", "failed", "pending", "at_risk", "expired", "rejected", "in_flight", "missing_report"]
 # The causes of a converted unit not billed, in the order shown; "billed" is the goal, not a difference.
-UNBILLED: tuple[Cause, ...] = ("pending", "in_flight", "missing_report", "failed", "expired", "rejected")
+UNBILLED: tuple[Cause, ...] = ("pending", "at_risk", "in_flight", "missing_report", "failed", "expired", "rejected")
+# Differences named on the marketplace side, and the fall of a converted value after it was sent.
+MARKETPLACE_SIDE = ("late_decrease", "carry", "rounding", "suger_integration")
 LOST: tuple[Cause, ...] = ("failed", "expired", "rejected")  # dollars the marketplace will not bill
 PROBLEMS: tuple[str, ...] = ("missing_report", "unexplained")  # what fails the check and the command
 

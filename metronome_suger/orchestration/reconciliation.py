@@ -7,7 +7,15 @@ from typing import Any
 import dagster as dg
 
 from metronome_suger.config import AppConfig
-from metronome_suger.core.reconciliation import PROBLEMS, Reconciliation, describe, money, units
+from metronome_suger.core.reconciliation import (
+    MARKETPLACE_SIDE,
+    PROBLEMS,
+    UNBILLED,
+    Reconciliation,
+    describe,
+    money,
+    units,
+)
 from metronome_suger.orchestration.keys import CLOCK, DUCKDB, POOL, RECONCILIATION_GROUP, REPORTS, SUGER, Keys
 from metronome_suger.steps.reconciliation import read_reports
 from metronome_suger.storage.reconciliation import reconcile
@@ -32,11 +40,8 @@ def figures(result: Reconciliation) -> dict[str, Any]:
     unexplained = sum((abs(line.unexplained) for line in result.lines), start=0)
     return {"billed_dollars": float(billed), "lost_dollars": float(lost), "unexplained_units": float(unexplained),
             "billed": money(billed), "lost": money(lost), "reports": result.reports,
-            "missing_report_units": float(result.total_cause("missing_report")),
             "foreign_groups": len(result.foreign_groups),
-            **{f"units:{name}": float(result.total_cause(name)) for name in
-               ("pending", "in_flight", "failed", "expired", "rejected", "carry", "rounding", "suger_integration",
-                "late_decrease")},
+            **{f"units:{name}": float(result.total_cause(name)) for name in (*UNBILLED, *MARKETPLACE_SIDE)},
             "lines": dg.MetadataValue.md("\n".join(f"- {describe(line)}" for line in result.lines[:LIMIT])
                                          or "none")}
 
@@ -53,7 +58,7 @@ def build_reconciliation(config: AppConfig, keys: Keys) -> tuple[list[Any], list
         was told and answered, mapped to our group ids (kept with status history)."""
         with keys.resource(context, SUGER).get_client() as client:
             out = read_reports(client, keys.resource(context, DUCKDB).get_connection, _day(context),
-                               keys.resource(context, CLOCK).now(), grace)
+                               keys.resource(context, CLOCK).now(), grace, deadlines=config.deadlines)
         if out.foreign_groups:
             context.log.warning(f"{out.foreign_groups} group id(s) in the day's reports were sent by neither this "
                                 "pipeline nor Suger's Metronome integration (listed by marketplace_reconciliation)")
@@ -67,7 +72,8 @@ def build_reconciliation(config: AppConfig, keys: Keys) -> tuple[list[Any], list
         """Metronome (as converted) vs the ledger vs what the marketplace was told, per entitlement × day ×
         dimension, each difference named; fails on any unexplained unit or a report missing past the grace."""
         with keys.resource(context, DUCKDB).get_connection(read_only=True) as conn:
-            result = reconcile(conn, _day(context), keys.resource(context, CLOCK).now(), grace=grace)
+            result = reconcile(conn, _day(context), keys.resource(context, CLOCK).now(), grace=grace,
+                               deadlines=config.deadlines)
         problems = result.problems
         description = (f"{len(result.lines)} line(s) reconciled: told {units(result.total('told'))} units, "
                        f"{money(result.total_dollars('billed_dollars'))} billed, "

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 
 from metronome_suger.clients.suger import SugerClient
 from metronome_suger.clients.suger_models import UsageRecordReport
+from metronome_suger.core.deadlines import Deadlines
 from metronome_suger.core.reconciliation import (
     REPORT_GRACE,
     SUGER_INTEGRATION,
@@ -52,7 +53,8 @@ def _row(report: UsageRecordReport, day: date) -> ReportRow:
 
 
 def read_reports(client: SugerClient, connect: Connect, day: date, now: datetime,
-                 grace: timedelta = REPORT_GRACE, entitlement_id: str | None = None) -> ReportsResult:
+                 grace: timedelta = REPORT_GRACE, entitlement_id: str | None = None,
+                 deadlines: Deadlines | None = None) -> ReportsResult:
     """The reports of our entitlements carrying ``day``'s usage, stored; the groups of Suger's own Metronome
     integration they name are read too (their quantities explain part of the report). Then the day's
     reconciliation as of ``now`` (of every entitlement, or of ``entitlement_id``)."""
@@ -75,7 +77,7 @@ def read_reports(client: SugerClient, connect: Connect, day: date, now: datetime
                 foreign += [ForeignLine(group.id, SUGER_INTEGRATION, k, q) for k, q in group.records.items()]
     with connect() as conn:
         changed = store_reports(conn, reports, foreign, now)
-        result = reconcile(conn, day, now, grace=grace, entitlement_id=entitlement_id)
+        result = reconcile(conn, day, now, grace=grace, entitlement_id=entitlement_id, deadlines=deadlines)
     if result.foreign_groups:
         logger.warning("Suger reports of %s name %d groups neither this pipeline nor Suger's Metronome integration "
                        "sent: %s", day, len(result.foreign_groups), ", ".join(result.foreign_groups[:20]))

@@ -6,6 +6,7 @@ from typing import Any
 
 import duckdb
 
+from metronome_suger.core.deadlines import Deadlines, Urgency
 from metronome_suger.core.reconciliation import (
     BILLED_REPORTS,
     FAILED_REPORTS,
@@ -17,7 +18,7 @@ from metronome_suger.core.reconciliation import (
     units,
 )
 from metronome_suger.storage.db import sql_list
-from metronome_suger.storage.ledger import DECIDING_REPORT_SQL, outcome_sql
+from metronome_suger.storage.ledger import DECIDING_REPORT_SQL, ENDED_AT_SQL, outcome_sql
 
 # A group's cause: its deciding report's outcome, else its ledger status, else in flight within the grace.
 _CAUSE_SQL = f"""CASE WHEN {outcome_sql('d.rank')} IN ('billed', 'failed') THEN {outcome_sql('d.rank')}
@@ -99,13 +100,21 @@ _FOREIGN_SQL = """SELECT DISTINCT mg.record_group_id FROM marketplace_reports r 
       AND mg.record_group_id NOT IN (SELECT record_group_id FROM foreign_group_lines)
     ORDER BY 1"""
 
+# Pending groups of the day, to tell those at risk (their marketplace deadline inside Suger's forwarding lag).
+_PENDING_SQL = f"""SELECT report_ledger.entitlement_id, l.dimension_key, report_ledger.partner,
+        report_ledger.timestamp, {ENDED_AT_SQL}, sum(l.quantity)
+    FROM report_ledger JOIN report_lines l USING (record_group_id)
+    WHERE report_ledger.status = 'pending' AND report_ledger.window_start >= $day
+      AND report_ledger.window_start < $next {{entitlement}} GROUP BY ALL"""
+
 _RATES_SQL = """SELECT entitlement_id, dimension_key, max(rate) FROM entitlement_dimensions
     WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions) GROUP BY ALL"""
 
 
 def reconcile(conn: duckdb.DuckDBPyConnection, day: date, now: datetime, *, entitlement_id: str | None = None,
-              grace: timedelta = REPORT_GRACE) -> Reconciliation:
-    """The day's lines (optionally one entitlement's), sorted by entitlement and dimension."""
+              grace: timedelta = REPORT_GRACE, deadlines: Deadlines | None = None) -> Reconciliation:
+    """The day's lines (optionally one entitlement's), sorted by entitlement and dimension. With ``deadlines``,
+    pending units whose marketplace deadline is inside Suger's forwarding lag (or past) are ``at_risk``."""
     start = datetime(day.year, day.month, day.day, tzinfo=now.tzinfo)
     params: dict[str, Any] = {"day": start, "next": start + timedelta(days=1)}
     where = ""
@@ -133,6 +142,12 @@ def reconcile(conn: duckdb.DuckDBPyConnection, day: date, now: datetime, *, enti
         item.causes[cause] = item.cause(cause) + quantity
         item.converted += quantity
         item.sent += sent
+    if deadlines is not None:
+        for ent, dim, partner, timestamp, ended_at, quantity in rows(_PENDING_SQL, "report_ledger"):
+            if deadlines.urgency(now, timestamp, partner, ended_at) is not Urgency.OK:
+                item = line(ent, partner, dim)
+                item.causes["pending"] -= quantity
+                item.causes["at_risk"] = item.cause("at_risk") + quantity
     for ent, dim, decrease in rows(_DECREASES_SQL, "o"):
         item = line(ent, None, dim)
         item.late_decrease += decrease

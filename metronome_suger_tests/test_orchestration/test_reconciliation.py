@@ -103,3 +103,20 @@ def test_a_report_carrying_two_days_tells_each_day_its_own_groups(sandbox: Sandb
     with connect(pipeline.database(), read_only=True) as conn:
         [next_day] = reconcile(conn, datetime(2026, 11, 26).date(), at(9, day=26)).lines
     assert figures(next_day) == {"converted": Decimal(3), "sent": Decimal(3), "told": Decimal(3)}
+
+
+def test_pending_units_near_their_deadline_are_at_risk(sandbox: Sandbox, pipeline: Pipeline) -> None:
+    """auto_report off keeps every group pending. At 05:30 hour 0's AWS group has 30 min left before its 6 h
+    deadline, inside Suger's 60 min forwarding lag: at risk; hour 4's is merely pending."""
+    world(sandbox, {"AWS": [(0, "1"), (4, "2")]})
+    pipeline.settings["auto_report"] = False
+    for hour in (0, 4):
+        result = pipeline.run(key(hour), at=at(5, 10))
+        assert result.success, failure_text(result)
+    result = pipeline.reconcile(DAY, at=at(5, 30))
+    assert result.success, failure_text(result)
+    assert check(result).passed and check(result).metadata["units:at_risk"].value == 1
+    with connect(pipeline.database(), read_only=True) as conn:
+        [line] = reconcile(conn, datetime(2026, 11, 25).date(), at(5, 30), deadlines=pipeline.config().deadlines).lines
+    assert figures(line) == {"converted": Decimal(3), "sent": Decimal(0), "told": Decimal(0),
+                             "pending": Decimal(2), "at_risk": Decimal(1)}

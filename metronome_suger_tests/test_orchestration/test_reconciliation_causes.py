@@ -79,10 +79,10 @@ def test_expired_and_failed_groups_are_lost_dollars_not_problems(sandbox: Sandbo
 
     assert evaluation.passed, evaluation.description
     assert meta(evaluation, "lost_dollars", "lost", "billed_dollars", "billed", "unexplained_units",
-                "missing_report_units", "units:failed", "units:expired", "units:in_flight", "reports",
+                "units:missing_report", "units:failed", "units:expired", "units:in_flight", "reports",
                 "problem_lines") == {
         "lost_dollars": 0.36, "lost": "$0.36", "billed_dollars": 0.12, "billed": "$0.12",
-        "unexplained_units": 0.0, "missing_report_units": 0.0, "units:failed": 2.0, "units:expired": 1.0,
+        "unexplained_units": 0.0, "units:missing_report": 0.0, "units:failed": 2.0, "units:expired": 1.0,
         "units:in_flight": 0.0, "reports": 2, "problem_lines": 0}
     assert evaluation.description == "1 line(s) reconciled: told 1 units, $0.12 billed, $0.36 lost"
     assert INJECTED_FAILURE in str(evaluation.metadata["lines"].value)
@@ -148,8 +148,8 @@ def test_a_group_from_another_source_is_foreign_and_unexplained(sandbox: Sandbox
     assert description.startswith("1 line(s) with missing_report or unexplained: ")
     assert (f"{ents['AWS']} AWS cpu_hour: converted 2, sent 2, told 6 ($0.72); differences: unexplained 4"
             in description)
-    assert meta(evaluation, "unexplained_units", "foreign_groups", "problem_lines", "missing_report_units") == {
-        "unexplained_units": 4.0, "foreign_groups": 1, "problem_lines": 1, "missing_report_units": 0.0}
+    assert meta(evaluation, "unexplained_units", "foreign_groups", "problem_lines", "units:missing_report") == {
+        "unexplained_units": 4.0, "foreign_groups": 1, "problem_lines": 1, "units:missing_report": 0.0}
 
 
 def test_a_report_that_never_arrives_is_in_flight_within_the_grace_then_missing(
@@ -170,8 +170,8 @@ def test_a_report_that_never_arrives_is_in_flight_within_the_grace_then_missing(
     assert figures(line) == {"converted": Decimal(2), "sent": Decimal(2), "told": Decimal(0),
                              "in_flight": Decimal(2)}
     assert within.passed, within.description
-    assert meta(within, "units:in_flight", "missing_report_units", "reports", "problem_lines") == {
-        "units:in_flight": 2.0, "missing_report_units": 0.0, "reports": 0, "problem_lines": 0}
+    assert meta(within, "units:in_flight", "units:missing_report", "reports", "problem_lines") == {
+        "units:in_flight": 2.0, "units:missing_report": 0.0, "reports": 0, "problem_lines": 0}
 
     past = reconciled(pipeline, at(8, 5))  # 7 h after
     [line] = lines(pipeline, at(8, 5)).values()
@@ -181,8 +181,8 @@ def test_a_report_that_never_arrives_is_in_flight_within_the_grace_then_missing(
     assert not past.passed
     assert past.description == (f"1 line(s) with missing_report or unexplained: {ents['AWS']} AWS cpu_hour: "
                                 "converted 2, sent 2, told 0 ($0.00); differences: missing_report 2")
-    assert meta(past, "units:in_flight", "missing_report_units", "unexplained_units", "problem_lines") == {
-        "units:in_flight": 0.0, "missing_report_units": 2.0, "unexplained_units": 0.0, "problem_lines": 1}
+    assert meta(past, "units:in_flight", "units:missing_report", "unexplained_units", "problem_lines") == {
+        "units:in_flight": 0.0, "units:missing_report": 2.0, "unexplained_units": 0.0, "problem_lines": 1}
 
     pipeline.settings["reconciliation_grace_hours"] = 12
     longer = reconciled(pipeline, at(8, 5))
@@ -190,8 +190,8 @@ def test_a_report_that_never_arrives_is_in_flight_within_the_grace_then_missing(
     assert figures(line) == {"converted": Decimal(2), "sent": Decimal(2), "told": Decimal(0),
                              "in_flight": Decimal(2)}
     assert longer.passed, longer.description
-    assert meta(longer, "units:in_flight", "missing_report_units", "problem_lines") == {
-        "units:in_flight": 2.0, "missing_report_units": 0.0, "problem_lines": 0}
+    assert meta(longer, "units:in_flight", "units:missing_report", "problem_lines") == {
+        "units:in_flight": 2.0, "units:missing_report": 0.0, "problem_lines": 0}
 
 
 def test_a_day_without_reports_yet_is_all_in_flight(sandbox: Sandbox, pipeline: Pipeline) -> None:
@@ -217,9 +217,9 @@ def test_a_day_without_reports_yet_is_all_in_flight(sandbox: Sandbox, pipeline: 
     assert evaluation.passed, evaluation.description
     assert evaluation.description == "2 line(s) reconciled: told 0 units, $0.00 billed, $0.00 lost"
     assert meta(evaluation, "reports", "units:in_flight", "billed_dollars", "lost_dollars", "unexplained_units",
-                "missing_report_units", "problem_lines") == {
+                "units:missing_report", "problem_lines") == {
         "reports": 0, "units:in_flight": 6.0, "billed_dollars": 0.0, "lost_dollars": 0.0,
-        "unexplained_units": 0.0, "missing_report_units": 0.0, "problem_lines": 0}
+        "unexplained_units": 0.0, "units:missing_report": 0.0, "problem_lines": 0}
 
 
 def test_a_report_held_in_flight_stays_in_flight_past_the_grace(sandbox: Sandbox, pipeline: Pipeline) -> None:
@@ -238,8 +238,8 @@ def test_a_report_held_in_flight_stays_in_flight_past_the_grace(sandbox: Sandbox
         assert figures(line) == {"converted": Decimal(2), "sent": Decimal(2), "told": Decimal(0),
                                  "in_flight": Decimal(2)}, when
         assert evaluation.passed, evaluation.description
-        assert meta(evaluation, "units:in_flight", "missing_report_units", "reports", "problem_lines") == {
-            "units:in_flight": 2.0, "missing_report_units": 0.0, "reports": 1, "problem_lines": 0}
+        assert meta(evaluation, "units:in_flight", "units:missing_report", "reports", "problem_lines") == {
+            "units:in_flight": 2.0, "units:missing_report": 0.0, "reports": 1, "problem_lines": 0}
     assert pipeline.query("SELECT marketplace_status FROM report_ledger") == [("in_flight",)]
 
     sandbox.suger.forwarder.release(ents["AWS"])  # the marketplace answers at 09:05
