@@ -15,19 +15,31 @@ fails in production:
 * GCP Service Control: usage "within one hour of the usage being generated", i.e. of the end of its
   hour, and a month's usage (its Pacific-time month) by 01:00 US Pacific on the 1st of the next month
   (Google Cloud Marketplace, best practices for usage reporting).
+* A dimension the marketplace does not know, checked after the deadlines (e.g. the entitlement's
+  dimensions changed after Suger accepted the group): AWS ``InvalidUsageDimensionException`` ("The
+  usage dimension does not match one of the UsageDimensions associated with products", AWS Marketplace
+  Metering API reference, BatchMeterUsage errors); Azure ``InvalidDimension`` (a usage event status:
+  ``suger_sdk_python/models/github_com_sugerio_..._marketplacemeteringv1_usage_event_status_enum.py``);
+  GCP ``INVALID_ARGUMENT`` (``google.rpc.Code``, the answer of Service Control ``services.report`` to a
+  metric its service does not define). The marketplace knows every dimension of the entitlement, the
+  ones past the 50 ``EntitlementInfo`` shows too, by key or name (as Suger validates a group).
 
 Suger puts the group's ``timestamp`` on the marketplace record (its ``effectiveStartTime``, the start of
 the GCP interval). It keeps the marketplace's answer on the usage record report
-(``MeteringUsageRecordReport.info.message`` and ``info.status`` SUCCESS / FAILED:
+(``MeteringUsageRecordReport.info.message`` and ``info.status``:
 ``suger_sdk_python/models/metering_usage_record_report.py``, ``metering_usage_record_report_info.py``,
-``usage_record_report_status.py``); a group has no message field, only its status.
+``usage_record_report_status.py``); a group has no message field, only its status. A report is
+``CREATED`` while its marketplace call is in flight, then ``SUCCESS`` or ``FAILED``; a ``SUCCESS``
+report becomes ``INVOICED`` once :data:`INVOICED_AFTER` (a day) has passed since its ``creationTime``,
+the marketplace having invoiced it (the emulator's model of "a day later", applied lazily when the
+reports are read; its groups stay ``REPORTED``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal
@@ -44,6 +56,10 @@ GCP_GRACE = timedelta(hours=1)  # within one hour of the end of the usage interv
 PACIFIC = ZoneInfo("America/Los_Angeles")
 WHOLE_UNIT_PARTNERS = ("AWS", "GCP")  # integer quantities, the fraction carried (see Forwarder._report)
 INJECTED_FAILURE = "the marketplace call failed (fault injected by fail_next_report)"
+# A SUCCESS report is INVOICED (suger_sdk_python/models/usage_record_report_status.py: CREATED, SUCCESS,
+# FAILED, INVOICED, CANCELED, DELETED) once the marketplace invoiced it: the emulator says a day after
+# the report's creationTime.
+INVOICED_AFTER = timedelta(hours=24)
 
 
 @lru_cache(maxsize=65_536)  # a run stamps thousands of reports with the same few instants
@@ -118,6 +134,27 @@ def marketplace_refusal(partner: str, timestamp: datetime, at: datetime,
     raise ValueError(f"unknown marketplace {partner!r}")
 
 
+def dimension_refusal(partner: str, records: Iterable[str], known: Container[str],
+                      product_id: str | None = None) -> str | None:
+    """The marketplace's message when a record names a dimension it does not know (the first such
+    key of ``records``, in their order), None when it knows them all. ``known``: the entitlement's
+    dimension keys (and names, which Suger's ingest accepts as keys too); ``product_id`` makes the
+    GCP metric name (``{productID}/{key}``, as in the request)."""
+    key = next((k for k in records if k not in known), None)
+    if key is None:
+        return None
+    if partner == "AWS":
+        return (f"AWS BatchMeterUsage: InvalidUsageDimensionException: the usage dimension {key} does "
+                f"not match one of the UsageDimensions associated with the product {product_id}")
+    if partner == "AZURE":
+        return (f"AZURE batchUsageEvent: InvalidDimension: the dimension {key} is not defined on the "
+                f"plan")
+    if partner == "GCP":
+        return (f"GCP services.report: INVALID_ARGUMENT: unknown metric {product_id}/{key} (dimension "
+                f"{key})")
+    raise ValueError(f"unknown marketplace {partner!r}")
+
+
 @dataclass
 class _Outcome:
     """One usage record report of a run and what it does to its groups once the call completes."""
@@ -183,8 +220,14 @@ class Forwarder:
             return self._invalid_messages.get(group_id)
 
     def reports(self) -> list[JsonDict]:
-        """The MeteringUsageRecordReports made so far, in API shape, oldest first."""
+        """The MeteringUsageRecordReports made so far, in API shape, oldest first; a SUCCESS report
+        :data:`INVOICED_AFTER` old (by the clock) is INVOICED from now on."""
         with self._lock:
+            invoiced_before = self._now() - INVOICED_AFTER
+            for report in self._reports.values():
+                info = report["info"]
+                if info["status"] == "SUCCESS" and report["creationTime"] <= invoiced_before:
+                    info["status"] = "INVOICED"  # kept: it never goes back to SUCCESS
             return [render(r) for r in self._reports.values()]
 
     def on_stored(self, group: JsonDict) -> None:
@@ -196,8 +239,9 @@ class Forwarder:
     # -- the job ----------------------------------------------------------------------------------
     def forward(self, runs: Iterable[tuple[datetime, JsonDict]],
                 entitlement: Callable[[str], JsonDict]) -> list[str]:
-        """Forward each (run time, group); ``entitlement(id)`` gives its partner, status and end time.
-        Returns the ids of the groups whose status changed. Called under the state's lock."""
+        """Forward each (run time, group); ``entitlement(id)`` gives its partner, status, end time and
+        every dimension (``info.dimensions``, all of them, not only the 50 the API shows). Returns
+        the ids of the groups whose status changed. Called under the state's lock."""
         by_run: dict[tuple[datetime, str], list[JsonDict]] = defaultdict(list)
         for at, group in runs:
             by_run[(at, group["entitlementID"])].append(group)
@@ -233,13 +277,16 @@ class Forwarder:
         return changed
 
     def _outcomes(self, at: datetime, ent: JsonDict, members: list[JsonDict]) -> list[_Outcome]:
-        """Accepted groups in one report, refused ones in one report per marketplace message."""
+        """Accepted groups in one report, refused ones in one report per marketplace message: the
+        deadlines first, then a dimension the entitlement no longer has."""
         deprovisioned = ent.get("endTime") if ent.get("status") == "CANCELLED" else None
+        dims = (ent.get("info") or {}).get("dimensions", [])
+        known = {d["key"] for d in dims} | {d["name"] for d in dims}  # as Suger's ingest accepts them
         accepted: list[JsonDict] = []
         refused: dict[str, list[JsonDict]] = defaultdict(list)
         for group in members:
-            message = marketplace_refusal(ent["partner"], group["metaInfo"]["timestamp"], at,
-                                          deprovisioned)
+            message = (marketplace_refusal(ent["partner"], group["metaInfo"]["timestamp"], at, deprovisioned)
+                       or dimension_refusal(ent["partner"], group["records"], known, ent.get("productID")))
             if message is None:
                 accepted.append(group)
             else:

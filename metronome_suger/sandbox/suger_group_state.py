@@ -46,7 +46,7 @@ class GroupsMixin:
     def _entitlement(self, ent_id: str) -> JsonDict: ...
 
     @abstractmethod
-    def _entitlement_now(self, entitlement_id: str) -> JsonDict: ...
+    def _marketplace_entitlement(self, entitlement_id: str) -> JsonDict: ...
 
     def check_rejection(self, entitlement_ids: Iterable[str]) -> None:
         """Raise (and consume) the first configured ``reject_next`` among these entitlements."""
@@ -201,7 +201,7 @@ class GroupsMixin:
         with self._lock:
             at = utc(now) if now else self.now()
             due = [g for g in self._created() if self._queued_at[g["id"]] <= at]
-            return self.forwarder.forward([(at, g) for g in due], self._entitlement_now)
+            return self.forwarder.forward([(at, g) for g in due], self._marketplace_entitlement)
 
     def tick(self) -> list[str]:
         """Suger's hourly job, caught up: groups queued before the last full hour are forwarded,
@@ -213,7 +213,7 @@ class GroupsMixin:
                 return []
             due = [g for g in self._created() if self._queued_at[g["id"]] < cutoff]
             runs = [(hour_floor(self._queued_at[g["id"]]) + timedelta(hours=1), g) for g in due]
-            changed = self.forwarder.forward(runs, self._entitlement_now)
+            changed = self.forwarder.forward(runs, self._marketplace_entitlement)
             waiting = [self._queued_at[g["id"]] for g in self._created()]
             self._min_queued = min(waiting) if waiting else None
             return changed

@@ -170,23 +170,16 @@ class SugerState(GroupsMixin):
             now = self.now()
             start = utc(start_time) if start_time else now.replace(
                 hour=0, minute=0, second=0, microsecond=0) - timedelta(days=90)
-            dims = [{"key": d["key"], "name": d.get("name") or d["key"],
-                     "rate": Decimal(str(d.get("rate", 0)))} for d in dimensions]
             product = product_id or f"product-{partner.lower()}"
-            info: JsonDict = {"dimensions": dims[:MAX_ENTITLEMENT_DIMENSIONS], "currency": "USD"}
-            if len(dims) > MAX_ENTITLEMENT_DIMENSIONS:
-                info["dimensionsOversized"] = True
             self._entitlements[ent_id] = {
                 "id": ent_id, "name": name or f"{buyer['name']} {partner} subscription",
                 "organizationID": self.org_id, "buyerID": buyer_id, "productID": product,
                 "offerID": f"offer-{self._short_id()}", "partner": partner, "status": status,
                 "startTime": start, "creationTime": now, "lastUpdateTime": now,
-                "info": info, "metaInfo": {},
+                "info": {"dimensions": [], "currency": "USD"}, "metaInfo": {},
             }
-            self._all_dimensions[ent_id] = dims
+            self._put_dimensions(ent_id, dimensions)
             self._by_buyer[buyer_id].append(ent_id)
-            for dim in dims:
-                self._products.setdefault(product, {}).setdefault(dim["key"], dict(dim))
             self._terms[ent_id] = [self._term(ent_id, "Signup", start, end_time and utc(end_time))]
             return self.get_entitlement(ent_id)
 
@@ -214,6 +207,13 @@ class SugerState(GroupsMixin):
         ent = dict(self._entitlement(entitlement_id))
         term = self._current_term(entitlement_id)
         ent["entitlementTermID"], ent["endTime"] = term["id"], term["endTime"]
+        return ent
+
+    def _marketplace_entitlement(self, entitlement_id: str) -> JsonDict:
+        """``_entitlement_now`` with every dimension in ``info.dimensions``, not only the 50 the API
+        shows: what the forwarder's marketplace knows (Suger validates against all of them too)."""
+        ent = self._entitlement_now(entitlement_id)
+        ent["info"] = {**ent["info"], "dimensions": self._all_dimensions[entitlement_id]}
         return ent
 
     def get_entitlement(self, entitlement_id: str) -> JsonDict:
@@ -247,7 +247,7 @@ class SugerState(GroupsMixin):
             for ent_id in entitlement_ids:
                 ent, term = self._entitlement(ent_id), self._current_term(ent_id, now)
                 key = (ent["status"], ent["lastUpdateTime"], term["id"], term["endTime"],
-                       tuple(d["rate"] for d in ent["info"]["dimensions"]))
+                       tuple((d["key"], d["rate"]) for d in ent["info"]["dimensions"]))
                 parts.append(self._ent_json.encode(ent_id, key, partial(self._entitlement_now, ent_id)))
             return json_list(parts)
 
@@ -291,6 +291,29 @@ class SugerState(GroupsMixin):
             for dim in self._all_dimensions[self._entitlement(entitlement_id)["id"]]:  # also info.dimensions
                 dim["rate"] = Decimal(str(rates.get(dim["key"], dim["rate"])))
             self._entitlements[entitlement_id]["lastUpdateTime"] = self.now()
+
+    def set_dimensions(self, entitlement_id: str, dimensions: list[JsonDict]) -> None:
+        """Test hook: the entitlement's dimensions become ``dimensions`` (an offer change), e.g. after
+        Suger accepted groups naming one that is gone; the forwarder's marketplace refuses those."""
+        with self._lock:
+            self._entitlement(entitlement_id)
+            self._put_dimensions(entitlement_id, dimensions)
+            self._entitlements[entitlement_id]["lastUpdateTime"] = self.now()
+
+    def _put_dimensions(self, ent_id: str, dimensions: list[JsonDict]) -> None:
+        """Store the dimensions: all of them for validation and the marketplace, the first 50 in
+        ``info.dimensions`` (the same dicts), every new key on the product."""
+        ent = self._entitlements[ent_id]
+        dims = [{"key": d["key"], "name": d.get("name") or d["key"],
+                 "rate": Decimal(str(d.get("rate", 0)))} for d in dimensions]
+        info = ent["info"]
+        info["dimensions"] = dims[:MAX_ENTITLEMENT_DIMENSIONS]
+        info.pop("dimensionsOversized", None)
+        if len(dims) > MAX_ENTITLEMENT_DIMENSIONS:
+            info["dimensionsOversized"] = True
+        self._all_dimensions[ent_id] = dims
+        for dim in dims:
+            self._products.setdefault(ent["productID"], {}).setdefault(dim["key"], dict(dim))
 
     def set_entitlement_status(self, entitlement_id: str, status: str) -> None:
         if status not in ENTITLEMENT_STATUSES:

@@ -18,7 +18,12 @@ from suger_sdk_python.models import MeteringUsageRecordReport, MeteringUsageReco
 from metronome_suger.sandbox.clock import SandboxClock
 from metronome_suger.sandbox.constants import ORG_ID, SUGER_API_KEY
 from metronome_suger.sandbox.server import Sandbox
-from metronome_suger.sandbox.suger_forwarder import gcp_month_cutoff, marketplace_refusal
+from metronome_suger.sandbox.suger_forwarder import (
+    INVOICED_AFTER,
+    dimension_refusal,
+    gcp_month_cutoff,
+    marketplace_refusal,
+)
 from metronome_suger.sandbox.suger_state import SugerState
 
 UTC = timezone.utc
@@ -42,13 +47,19 @@ class Org:
     http: httpx.Client
     ents: dict[str, str]  # partner → entitlement id
 
-    def report(self, partner: str, timestamp: datetime, group_id: str, qty: float = 1) -> dict[str, Any]:
-        ent = self.ents[partner]
-        body = {"id": group_id, "organizationID": ORG_ID, "entitlementID": ent,
-                "records": {"cpu_hour": qty}, "timestamp": z(timestamp)}
-        response = self.http.post(f"/org/{ORG_ID}/entitlement/{ent}/usageRecordGroup", json=body)
+    def report(self, partner: str, timestamp: datetime, group_id: str, qty: float = 1,
+               records: dict[str, float] | None = None) -> dict[str, Any]:
+        return self.report_to(self.ents[partner], timestamp, group_id, records or {"cpu_hour": qty})
+
+    def report_to(self, ent: str, timestamp: datetime, group_id: str, records: dict[str, float]) -> dict[str, Any]:
+        response = self.post_group(ent, timestamp, group_id, records)
         assert response.status_code == 200, response.text
         return dict(response.json())
+
+    def post_group(self, ent: str, timestamp: datetime, group_id: str, records: dict[str, float]) -> httpx.Response:
+        body = {"id": group_id, "organizationID": ORG_ID, "entitlementID": ent,
+                "records": records, "timestamp": z(timestamp)}
+        return self.http.post(f"/org/{ORG_ID}/entitlement/{ent}/usageRecordGroup", json=body)
 
     def groups(self) -> dict[str, dict[str, Any]]:
         """Listed through the API: the request itself catches up Suger's hourly runs."""
@@ -183,6 +194,11 @@ def test_marketplace_refusal_is_the_marketplaces_rule_alone() -> None:
     assert marketplace_refusal("GCP", t(25, 11, 59), at) is not None
     with pytest.raises(ValueError, match="IBM"):
         marketplace_refusal("IBM", at, at)
+    assert dimension_refusal("AWS", ["cpu_hour", "CPU hours"], {"cpu_hour", "CPU hours"}, "p") is None
+    assert dimension_refusal("AZURE", ["cpu_hour", "a", "b"], {"cpu_hour"}) == (
+        "AZURE batchUsageEvent: InvalidDimension: the dimension a is not defined on the plan")
+    with pytest.raises(ValueError, match="IBM"):
+        dimension_refusal("IBM", ["x"], set())
 
 
 # -- Suger's hourly cadence ------------------------------------------------------------------------------
@@ -365,3 +381,125 @@ def test_a_failed_report_keeps_the_carry_and_names_its_prices_and_request(org: O
     assert info["AZURE-2"]["azureMeteringRequest"]["request"][0]["effectiveStartTime"] == "2026-11-25T13:00:00Z"
     parsed = MeteringUsageRecordReport.from_dict(org.report_of("GCP-2"))
     assert parsed is not None and parsed.info is not None and parsed.info.gcp_metering_request is not None
+
+
+# -- INVOICED a day after the report (usage_record_report_status.py) ----------------------------------------
+def _statuses(org: Org) -> dict[str, str]:
+    """Each report's status as ``GET usageRecordReport`` lists it, by its (only) group id."""
+    listed = _reports(org, startDate="2026-11-25").json()["usageRecordReports"]
+    return {r["info"]["usageRecordGroupIds"][0]: r["info"]["status"] for r in listed}
+
+
+def _aggregate(org: Org, partner: str) -> Any:
+    params = {"partner": partner, "granularity": "DAY", "startDate": "2026-11-25", "endDate": "2026-11-25"}
+    return org.http.get(f"/org/{ORG_ID}/usageRecordReport/aggregate", params=params).json()
+
+
+def test_a_success_report_is_invoiced_exactly_a_day_after_its_creation(org: Org) -> None:
+    assert INVOICED_AFTER == timedelta(hours=24)
+    org.report("AWS", t(25, 13), "billed", qty=2)
+    org.clock.set(t(25, 14, 5))  # the 14:00 run: the report's creationTime is 14:00
+    assert org.groups()["billed"]["status"] == "REPORTED"
+    assert org.report_of("billed")["creationTime"] == "2026-11-25T14:00:00Z"
+    org.clock.set(t(26, 14) - timedelta(seconds=1))  # 23:59:59 after creation
+    assert _statuses(org) == {"billed": "SUCCESS"}
+    org.clock.set(t(26, 14))  # 24:00:00 after creation
+    assert _statuses(org) == {"billed": "INVOICED"}
+    group = org.groups()["billed"]
+    assert (group["status"], group["reportedTime"]) == ("REPORTED", "2026-11-25T14:00:00Z")
+    assert _aggregate(org, "AWS") == [{"date": "2026-11-25", "dimensionKey": "cpu_hour", "quantity": 2}]
+    org.clock.set(t(25, 15))  # the clock set back: an invoiced report stays INVOICED
+    assert _statuses(org) == {"billed": "INVOICED"}
+    assert org.state.usage_record_reports()[0]["info"]["status"] == "INVOICED"
+
+
+def test_failed_and_in_flight_reports_never_turn_invoiced(org: Org) -> None:
+    org.report("AWS", t(25, 7), "late")  # more than 6 h before the 14:00 run: refused
+    org.state.fail_next_report(org.ents["AZURE"])
+    org.report("AZURE", t(25, 13), "injected")
+    org.state.forwarder.hold_next_report(org.ents["GCP"])
+    org.report("GCP", t(25, 13), "in-flight")
+    org.clock.set(t(25, 14, 5))
+    assert {gid: g["status"] for gid, g in org.groups().items()} == {
+        "late": "REPORT_FAILED", "injected": "REPORT_FAILED", "in-flight": "REPORT_PENDING"}
+    org.clock.set(t(25, 14) + timedelta(days=7))
+    assert _statuses(org) == {"late": "FAILED", "injected": "FAILED", "in-flight": "CREATED"}
+    assert _aggregate(org, "AWS") == _aggregate(org, "AZURE") == _aggregate(org, "GCP") == []
+    # Once the held call is answered (accepted, its own run's verdict) it is SUCCESS; its creationTime
+    # is a week old, so the next read shows it INVOICED at once.
+    assert org.state.forwarder.release(org.ents["GCP"]) == ["in-flight"]
+    assert _statuses(org) == {"late": "FAILED", "injected": "FAILED", "in-flight": "INVOICED"}
+    assert {gid: g["status"] for gid, g in org.groups().items()} == {
+        "late": "REPORT_FAILED", "injected": "REPORT_FAILED", "in-flight": "REPORTED"}
+
+
+# -- a dimension the marketplace no longer knows -------------------------------------------------------------
+GPU = {"key": "gpu_hour", "name": "GPU hours", "rate": 2}
+
+
+@pytest.mark.parametrize(("partner", "message"), [
+    ("AWS", "AWS BatchMeterUsage: InvalidUsageDimensionException: the usage dimension gpu_hour does not "
+            "match one of the UsageDimensions associated with the product product-aws"),
+    ("AZURE", "AZURE batchUsageEvent: InvalidDimension: the dimension gpu_hour is not defined on the plan"),
+    ("GCP", "GCP services.report: INVALID_ARGUMENT: unknown metric product-gcp/gpu_hour (dimension gpu_hour)"),
+])
+def test_a_dimension_gone_after_the_group_was_accepted_is_refused_by_the_marketplace(
+    org: Org, partner: str, message: str,
+) -> None:
+    ent = org.ents[partner]
+    org.state.set_dimensions(ent, [*DIMS, GPU])
+    org.report(partner, t(25, 13), "gpu", records={"cpu_hour": 3, "gpu_hour": 1})
+    org.report(partner, t(25, 13), "cpu", qty=2)
+    org.state.set_dimensions(ent, DIMS)  # the offer drops gpu_hour before Suger's 14:00 run
+    shown = org.http.get(f"/org/{ORG_ID}/entitlement/{ent}").json()["info"]["dimensions"]
+    assert [d["key"] for d in shown] == ["cpu_hour"]
+    again = org.post_group(ent, t(25, 13), "gpu-again", {"gpu_hour": 1})  # Suger itself refuses it now
+    assert (again.status_code, again.json()) == (
+        400, f"record key 'gpu_hour' is not a metering dimension key or name of entitlement {ent}")
+    org.clock.set(t(25, 14, 5))
+    groups = org.groups()
+    assert (groups["gpu"]["status"], groups["gpu"]["reportedTime"]) == ("REPORT_FAILED", None)
+    assert (groups["cpu"]["status"], groups["cpu"]["reportedTime"]) == ("REPORTED", "2026-11-25T14:00:00Z")
+    refused, accepted = org.report_of("gpu"), org.report_of("cpu")
+    assert (refused["info"]["status"], refused["info"]["message"]) == ("FAILED", message)
+    assert refused["info"]["usageRecordGroupIds"] == ["gpu"] and groups["gpu"]["usageRecordReportID"] == refused["id"]
+    assert (accepted["info"]["status"], accepted["info"]["usageRecordGroupIds"]) == ("SUCCESS", ["cpu"])
+    assert "message" not in accepted["info"] and accepted["info"]["reportedRecords"] == {"cpu_hour": 2}
+    assert groups["cpu"]["usageRecordReportID"] == accepted["id"]
+    assert len(org.state.usage_record_reports()) == 2
+
+
+def test_a_late_group_gets_the_deadline_refusal_before_the_dimension_one(org: Org) -> None:
+    """Deadlines first; groups refused with the same message share one FAILED report."""
+    ent = org.ents["AWS"]
+    org.state.set_dimensions(ent, [*DIMS, GPU])
+    org.report("AWS", t(25, 7), "late-gpu", records={"gpu_hour": 1})
+    org.report("AWS", t(25, 9), "gpu-a", records={"gpu_hour": 1})
+    org.report("AWS", t(25, 10), "gpu-b", records={"gpu_hour": 4})
+    org.state.set_dimensions(ent, DIMS)
+    org.clock.set(t(25, 14, 5))
+    assert {g["status"] for g in org.groups().values()} == {"REPORT_FAILED"}
+    late, gone = org.report_of("late-gpu"), org.report_of("gpu-a")
+    assert late["info"]["message"] == (
+        "AWS BatchMeterUsage: TimestampOutOfBoundsException: the usage record Timestamp "
+        "2026-11-25T07:00:00Z is more than 6 hours before the call at 2026-11-25T14:00:00Z")
+    assert gone["info"]["message"] == (
+        "AWS BatchMeterUsage: InvalidUsageDimensionException: the usage dimension gpu_hour does not "
+        "match one of the UsageDimensions associated with the product product-aws")
+    assert (gone["info"]["status"], gone["info"]["usageRecordGroupIds"]) == ("FAILED", ["gpu-a", "gpu-b"])
+    assert gone["info"]["reportedRecords"] == {"gpu_hour": 5}  # what the refused call asked
+    assert [r["id"] for r in org.state.usage_record_reports()] == [late["id"], gone["id"]]
+
+
+def test_the_marketplace_knows_the_dimensions_past_the_50_the_entitlement_shows(org: Org) -> None:
+    buyer = org.state.get_entitlement(org.ents["AWS"])["buyerID"]
+    dims = [{"key": f"d{n}", "name": f"D {n}", "rate": n} for n in range(60)]
+    org.state.add_entitlement(buyer, partner="AWS", dimensions=dims, id="ent-big", product_id="prod-big")
+    org.report_to("ent-big", t(25, 13), "d55", {"d55": 2})
+    org.report_to("ent-big", t(25, 13), "by-name", {"D 3": 1})  # Suger takes a dimension's name as its key
+    org.clock.set(t(25, 14, 5))
+    groups = org.groups()
+    assert (groups["d55"]["status"], groups["by-name"]["status"]) == ("REPORTED", "REPORTED")
+    info = org.report_of("d55")["info"]
+    assert (info["status"], info["usageRecordGroupIds"]) == ("SUCCESS", ["d55", "by-name"])
+    assert info["reportedRecords"] == {"d55": 2, "D 3": 1}

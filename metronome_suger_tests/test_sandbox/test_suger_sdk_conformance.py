@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -368,3 +368,34 @@ def test_sdk_lists_and_aggregates_usage_record_reports(
         with pytest.raises(ApiException) as refused:
             call()
         assert refused.value.status == 400 and isinstance(json.loads(refused.value.body or ""), str)
+
+
+def test_sdk_lists_an_invoiced_report_with_the_sdk_status(
+    sdk: ApiClient, http: httpx.Client, sandbox: Sandbox,
+) -> None:
+    """A SUCCESS report is INVOICED a day after its creationTime (``usage_record_report_status.py``);
+    ``MeteringApi`` parses the status as the SDK's enum and the aggregate still counts it as billed."""
+    assert _report(http, "inv-1", 2).status_code == 200
+    sandbox.suger.run_forwarder()  # at NOW: the report's creationTime
+    metering = MeteringApi(sdk)
+    day = NOW.date().isoformat()
+
+    def listed() -> list[MeteringUsageRecordReport]:
+        page = metering.list_usage_record_reports(ORG, entitlement_id="ent-1", start_date=day)
+        assert isinstance(page, ListUsageRecordReportsResponse) and page.next_offset == 0
+        return page.usage_record_reports or []
+
+    sandbox.clock.set(NOW + timedelta(hours=24) - timedelta(seconds=1))
+    [before] = listed()
+    assert before.info is not None and before.info.status == UsageRecordReportStatus.UsageRecordReportStatus_SUCCESS
+    sandbox.clock.set(NOW + timedelta(hours=24))
+    [report] = listed()
+    assert report.info is not None and isinstance(report.info.status, UsageRecordReportStatus)
+    assert report.info.status is UsageRecordReportStatus.UsageRecordReportStatus_INVOICED
+    assert (report.id, report.creation_time, report.info.usage_record_group_ids) == (
+        before.id, NOW, ["inv-1"])
+    assert report.info.reported_records == {"cpu_hour": 2}
+    assert metering.aggregate_usage_record_reports(ORG, "AWS", "DAY", day, day) == [
+        UsageRecordAggregated(date=day, dimensionKey="cpu_hour", quantity=2)]
+    group = metering.list_usage_record_groups(ORG, entitlement_id="ent-1").usage_record_groups or []
+    assert [(g.id, g.status) for g in group] == [("inv-1", "REPORTED")]
