@@ -243,12 +243,17 @@ def outcome_sql(rank: str) -> str:
     return f"(CASE {whens} END)"
 
 
-# Per group named by a stored report: the deciding report (highest outcome rank, then the latest).
-DECIDING_REPORT_SQL = f"""SELECT mg.record_group_id, r.report_id, r.message,
-        {_outcome_rank('r.status')} AS rank
-    FROM marketplace_report_groups mg JOIN marketplace_reports r USING (report_id)
-    QUALIFY row_number() OVER (PARTITION BY mg.record_group_id
-                               ORDER BY {_outcome_rank('r.status')} DESC, r.creation_time DESC, r.report_id) = 1"""
+def deciding_reports(groups: str) -> str:
+    """SQL: per group of ``groups`` (a SQL relation of record_group_id) named by a stored report, the deciding
+    report (highest outcome rank, then the latest), its message and rank."""
+    return f"""SELECT mg.record_group_id, r.report_id, r.message, {_outcome_rank('r.status')} AS rank
+        FROM marketplace_report_groups mg JOIN marketplace_reports r USING (report_id)
+        WHERE mg.record_group_id IN ({groups})
+        QUALIFY row_number() OVER (PARTITION BY mg.record_group_id
+                                   ORDER BY {_outcome_rank('r.status')} DESC, r.creation_time DESC, r.report_id) = 1"""
+
+
+_IDS = """SELECT unnest(from_json(CAST($ids AS VARCHAR), '["VARCHAR"]'))"""
 
 
 def record_marketplace_outcomes(conn: duckdb.DuckDBPyConnection, group_ids: Sequence[str], now: datetime) -> int:
@@ -260,9 +265,8 @@ def record_marketplace_outcomes(conn: duckdb.DuckDBPyConnection, group_ids: Sequ
     return int(fetch_one(conn, f"""UPDATE report_ledger g SET marketplace_status = {outcome_sql('d.rank')},
             marketplace_report_id = d.report_id, marketplace_message = d.message,
             updated_at = CAST($now AS TIMESTAMPTZ)
-        FROM ({DECIDING_REPORT_SQL}) d
+        FROM ({deciding_reports(_IDS)}) d
         WHERE g.record_group_id = d.record_group_id
-          AND g.record_group_id IN (SELECT unnest(from_json(CAST($ids AS VARCHAR), '["VARCHAR"]')))
           AND (g.marketplace_status IS DISTINCT FROM {outcome_sql('d.rank')}
                OR g.marketplace_report_id IS DISTINCT FROM d.report_id)""",
         {"now": now, "ids": json.dumps(sorted(set(group_ids)))})[0])

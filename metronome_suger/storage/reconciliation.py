@@ -18,7 +18,7 @@ from metronome_suger.core.reconciliation import (
     units,
 )
 from metronome_suger.storage.db import sql_list
-from metronome_suger.storage.ledger import DECIDING_REPORT_SQL, ENDED_AT_SQL, outcome_sql
+from metronome_suger.storage.ledger import ENDED_AT_SQL, deciding_reports, outcome_sql
 
 # A group's cause: its deciding report's outcome, else its ledger status, else in flight within the grace.
 _CAUSE_SQL = f"""CASE WHEN {outcome_sql('d.rank')} IN ('billed', 'failed') THEN {outcome_sql('d.rank')}
@@ -27,10 +27,11 @@ _CAUSE_SQL = f"""CASE WHEN {outcome_sql('d.rank')} IN ('billed', 'failed') THEN 
     WHEN coalesce(g.answered_at, g.sent_at, g.created_at) > CAST($now AS TIMESTAMPTZ) - $grace THEN 'in_flight'
     ELSE 'missing_report' END"""
 
+_DAY_GROUPS = "SELECT record_group_id FROM report_ledger WHERE window_start >= $day AND window_start < $next"
 _OURS_SQL = f"""SELECT g.entitlement_id, g.partner, l.dimension_key, {_CAUSE_SQL} AS cause,
         sum(l.quantity) AS quantity, sum(CASE WHEN g.status IN ('sent', 'accepted') THEN l.quantity ELSE 0 END)
     FROM report_ledger g JOIN report_lines l USING (record_group_id)
-    LEFT JOIN ({DECIDING_REPORT_SQL}) d USING (record_group_id)
+    LEFT JOIN ({deciding_reports(_DAY_GROUPS)}) d USING (record_group_id)
     WHERE g.window_start >= $day AND g.window_start < $next {{entitlement}}
     GROUP BY ALL"""
 
