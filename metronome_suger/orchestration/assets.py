@@ -4,6 +4,7 @@ into metadata."""
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import dagster as dg
@@ -11,7 +12,7 @@ import dagster as dg
 from metronome_suger.config import AppConfig
 from metronome_suger.core.amounts import cents_to_dollars, dollars_text
 from metronome_suger.core.linkage import UnknownEntitlementError
-from metronome_suger.core.windows import iso
+from metronome_suger.core.windows import Window, iso
 from metronome_suger.orchestration.keys import (
     CLOCK,
     CUSTOMERS,
@@ -29,12 +30,15 @@ from metronome_suger.orchestration.keys import (
     Keys,
 )
 from metronome_suger.orchestration.partitions import context_windows, partitions_for
+from metronome_suger.orchestration.schemas import asset_options
 from metronome_suger.steps.invoices import observe_invoices
 from metronome_suger.steps.records import Conversion, compute_records
-from metronome_suger.steps.report import report_windows
+from metronome_suger.steps.report import deadline_status, report_windows
 from metronome_suger.steps.snapshots import snapshot_customers, snapshot_links, snapshot_metrics
 from metronome_suger.steps.usage import NoReportableMetric, fetch_usage
 from metronome_suger.storage.claims import ClaimTimeoutError, claimed
+from metronome_suger.storage.db import Connect
+from metronome_suger.storage.figures import window_figures
 
 CLAIM_WAIT = 600.0  # seconds a step waits for another run to finish writing the same window
 HIGH_WATER = "invoice_high_water"  # the amount modes' high water is shared by every window
@@ -57,6 +61,25 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
     def res(context: Any, name: str) -> Any:
         return keys.resource(context, name)
 
+    def plotted(connect: Connect, windows: list[Window], now: datetime) -> dict[str, Any]:
+        """The windows' figures as floats, which the UI plots across partitions (exact values stay in the
+        tables): groups, units per dimension and dollars at Suger, dollars at risk and expired, units
+        over-reported, and minutes from the close of the window to Suger's answer."""
+        span = Window(windows[0].start, windows[-1].end)
+        with connect(read_only=True) as conn:
+            figures = window_figures(conn, span)
+        deadlines = deadline_status(connect, span, config.deadlines, now)
+        plotted: dict[str, Any] = {
+            "groups": figures.groups, "groups_sent": figures.groups_sent,
+            "dollars_sent": float(figures.dollars_sent),
+            "dollars_at_risk": float(sum((d for _, d in deadlines.at_risk.values()), Decimal(0))),
+            "dollars_expired": float(sum((d for _, d in deadlines.expired.values()), Decimal(0))),
+            "units_over_reported": float(figures.units_over_reported),
+            **{f"units:{dim}": float(units) for dim, units in figures.units_sent.items()}}
+        if figures.delay_minutes is not None:
+            plotted["delay_minutes"] = round(figures.delay_minutes, 1)
+        return plotted
+
     @contextmanager
     def hold(context: dg.AssetExecutionContext, *shared: str) -> Iterator[None]:
         """Claim the run's windows (and shared state) for this step: two runs of a window, in any processes
@@ -70,7 +93,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         except ClaimTimeoutError as exc:
             raise dg.Failure(description=str(exc)) from None
 
-    @dg.asset(key=keys.asset(CUSTOMERS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common)
+    @dg.asset(key=keys.asset(CUSTOMERS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common,
+              **asset_options(CUSTOMERS, layer="source"))
     def metronome_customers(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Metronome customers (active and archived), one snapshot per run."""
         with res(context, METRONOME).get_client() as client:
@@ -78,7 +102,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata={"dagster/row_count": out.rows, "archived": out.archived,
                                               "preview": dg.MetadataValue.md(out.preview)})
 
-    @dg.asset(key=keys.asset(METRICS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common)
+    @dg.asset(key=keys.asset(METRICS), required_resource_keys=keys.resources(METRONOME, DUCKDB), **common,
+              **asset_options(METRICS, layer="source"))
     def metronome_billable_metrics(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Suger's "Billable Metric Full List", archived included, with the whitelist flag."""
         whitelist = config.billable_metric_whitelist
@@ -92,7 +117,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             "dagster/row_count": out.rows, "whitelisted": out.whitelisted, "archived": out.archived,
             "whitelist_enabled": whitelist.enabled, "preview": dg.MetadataValue.md(out.preview)})
 
-    @dg.asset(key=keys.asset(ENTITLEMENTS), required_resource_keys=keys.resources(SUGER, DUCKDB), **common)
+    @dg.asset(key=keys.asset(ENTITLEMENTS), required_resource_keys=keys.resources(SUGER, DUCKDB), **common,
+              **asset_options(ENTITLEMENTS, layer="source"))
     def suger_entitlements(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Metronome customer → Suger entitlement links, as Suger resolves them (re-resolved every run:
         renewals, upsells and plan changes create new terms and entitlements)."""
@@ -112,7 +138,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             "incomplete_dimension_lists": len(out.dimension_problems)})
 
     @dg.asset(key=keys.asset(USAGE), deps=[keys.asset(METRICS), keys.asset(CUSTOMERS)],
-              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed)
+              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed,
+              **asset_options(USAGE, layer="source"))
     def metronome_usage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Usage per customer × metric × window for the whitelisted (or all) billable metrics."""
         windows = context_windows(context, config.hourly)
@@ -136,7 +163,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(key=keys.asset(INVOICES), deps=[keys.asset(ENTITLEMENTS)],
-              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed)
+              required_resource_keys=keys.resources(METRONOME, DUCKDB, CLOCK), **windowed,
+              **asset_options(INVOICES, layer="source"))
     def metronome_invoice_snapshots(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Invoice totals of linked customers per window, and the increase each window reports."""
         with res(context, METRONOME).get_client() as client:
@@ -170,7 +198,7 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
     source = metronome_invoice_snapshots if config.amount_mode else metronome_usage
 
     @dg.asset(key=keys.asset(RECORDS), deps=[source.key, keys.asset(ENTITLEMENTS), keys.asset(METRICS)],
-              required_resource_keys=keys.resources(DUCKDB), **windowed)
+              required_resource_keys=keys.resources(DUCKDB), **windowed, **asset_options(RECORDS, layer="conversion"))
     def suger_usage_records(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Record groups per (entitlement, window, revision): only what is not yet at Suger."""
         with hold(context):
@@ -187,7 +215,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             **{f"quantity:{dim}": float(total) for dim, total in sorted(out.totals.items())}})
 
     @dg.asset(key=keys.asset(REPORT), deps=[keys.asset(RECORDS)],
-              required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK), **windowed)
+              required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK), **windowed,
+              **asset_options(REPORT, layer="report"))
     def suger_usage_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Hand the window's pending record groups to Suger, urgent ones first."""
         suger, clock = res(context, SUGER), res(context, CLOCK)
@@ -207,7 +236,9 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
                                 "their marketplace deadline: Suger's next hourly report may be too late for them")
         metadata = {"groups_to_send": out.to_send, "sent": out.sent, "rejected": out.rejected,
                     "not_sent_transient": out.not_sent, "expired": out.expired, "at_risk": out.at_risk,
-                    "auto_report": config.auto_report, "dry_run": config.dry_run}
+                    "requests": out.requests, "auto_report": config.auto_report, "dry_run": config.dry_run,
+                    **plotted(res(context, DUCKDB).get_connection, context_windows(context, config.hourly),
+                              clock.now())}
         if out.problems:
             raise dg.Failure(metadata=metadata, description=f"{len(out.problems)} problem(s) reporting to Suger: "
                              + "; ".join(out.problems))

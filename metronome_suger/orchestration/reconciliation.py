@@ -17,6 +17,7 @@ from metronome_suger.core.reconciliation import (
     units,
 )
 from metronome_suger.orchestration.keys import CLOCK, DUCKDB, POOL, RECONCILIATION_GROUP, REPORTS, SUGER, Keys
+from metronome_suger.orchestration.schemas import asset_options
 from metronome_suger.steps.reconciliation import read_reports
 from metronome_suger.storage.reconciliation import reconcile
 
@@ -52,7 +53,8 @@ def build_reconciliation(config: AppConfig, keys: Keys) -> tuple[list[Any], list
     grace = config.reconciliation_grace
 
     @dg.asset(key=keys.asset(REPORTS), group_name=keys.name(RECONCILIATION_GROUP), kinds={"duckdb"}, pool=POOL,
-              partitions_def=partitions, required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK))
+              partitions_def=partitions, required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK),
+              **asset_options(REPORTS, layer="reconciliation"))
     def suger_usage_record_reports(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         """Suger's usage record reports carrying the day's usage of our entitlements: what each marketplace
         was told and answered, mapped to our group ids (kept with status history)."""

@@ -28,6 +28,7 @@ class ReportOutcome:
     not_sent: int = 0  # transient failures and credentials problems: still pending
     expired: int = 0
     at_risk: int = 0  # handed over inside Suger's forwarding lag: may reach the marketplace too late
+    requests: int = 0  # calls made to Suger (one POST per group, or one batch validation)
     problems: list[str] = field(default_factory=list)
 
 
@@ -131,6 +132,7 @@ def report_windows(
         return out
     with client() as suger:
         if dry_run:
+            out.requests = 1
             verdict = suger.validate_usage_record_groups([payload(org_id, g) for g in todo])
             if verdict:
                 out.problems.append(f"Suger validation failed: {verdict}")
@@ -149,6 +151,7 @@ def report_windows(
                     unsaved.add(change)
                     if done < len(todo):
                         crash_point("report.between_groups")
+                    out.requests += 1
                     _tally(out, group, change)
             finally:  # what was answered is saved, whatever stopped the loop
                 unsaved.flush()
