@@ -212,7 +212,7 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(metadata={
             "dagster/row_count": out.lines, "record_groups": out.groups,
             "over_reported_dimensions": len(out.over_reported), "preview": dg.MetadataValue.md(out.preview),
-            **{f"quantity:{dim}": float(total) for dim, total in sorted(out.totals.items())}})
+            **{f"units:{dim}": float(total) for dim, total in sorted(out.totals.items())}})
 
     @dg.asset(key=keys.asset(REPORT), deps=[keys.asset(RECORDS)],
               required_resource_keys=keys.resources(SUGER, DUCKDB, CLOCK), **windowed,
