@@ -97,6 +97,7 @@ class MetronomeSugerComponent(dg.Component, dg.Model, dg.Resolvable):
     invoice_change_policy: Annotated[Inline[InvoiceChangePolicy], _key("invoice_change_policy")] = None
     marketplace_deadline_hours: Annotated[Inline[dict[Partner, Decimal]], _key("marketplace_deadline_hours")] = None
     suger_forward_lag_minutes: Annotated[Inline[int], _key("suger_forward_lag_minutes")] = None
+    reconciliation_grace_hours: Annotated[Inline[Decimal], _key("reconciliation_grace_hours")] = None
     max_concurrency: Annotated[Inline[int], _key("max_concurrency")] = None
     http: Annotated[Inline[HttpSettings], _key("http")] = None
     storage: Annotated[Inline[StorageSettings], _key("storage")] = None
