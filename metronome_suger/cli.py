@@ -1,4 +1,4 @@
-"""``metronome-suger``: sandbox | demo | dev | verify | link | status | reconcile.
+"""``metronome-suger``: sandbox | demo | dev | verify | link | status | reconcile | backfill.
 
 Every command announces the configuration file in use on its first line, and turns configuration and
 API errors into one clear message and exit code 1 instead of a traceback.
@@ -12,6 +12,17 @@ from datetime import date, datetime
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.config import ConfigError, LoadedConfig, load_config
+
+# The range of `backfill` (metronome_suger.backfill checks it once the configuration is loaded).
+BACKFILL_RANGE_HELP = (
+    "--from is the first window: its partition key (2026-11-25-13:00 hourly, 2026-11-25 daily) or its start "
+    "time (ISO 8601, UTC unless it carries an offset). --to is the last window, included, when given as a "
+    "partition key or a day (YYYY-MM-DD: the whole UTC day, in every billing mode); given as a time, it is "
+    "the end of the range, excluded (--from 2026-11-25T10:00Z --to 2026-11-25T13:00Z is the same three hours "
+    "as --from 2026-11-25-10:00 --to 2026-11-25-12:00). Both must be on the billing mode's grain (a whole UTC "
+    "hour, or midnight UTC for amount_daily), not before the configuration's start, and every window must "
+    "have closed settle_minutes ago, as the schedule waits."
+)
 
 
 def _parse_time(value: str) -> datetime:
@@ -62,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--day", type=_parse_day, default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
     reconcile.add_argument("--entitlement", default=None, help="one Suger entitlement id")
     reconcile.add_argument("--json", action="store_true", help="the lines as JSON")
+
+    backfill = sub.add_parser(
+        "backfill", help="run a range of past windows through Dagster with this configuration, showing progress, "
+                         "then the per-window table; exit 1 if a window failed",
+        description="Run the windows from --from to --to, oldest first, each as one run of the pipeline's job in "
+                    "this process: on the Dagster instance of DAGSTER_HOME when it is set (the runs show in its UI), "
+                    "else on an ephemeral one. A window already reported sends only what is new (exactly once). "
+                    + BACKFILL_RANGE_HELP)
+    backfill.add_argument("--from", dest="start", required=True, metavar="KEY_OR_TIME",
+                          help="the first window: its partition key or start time")
+    backfill.add_argument("--to", dest="end", required=True, metavar="KEY_OR_TIME",
+                          help="the last window (partition key or day, included) or the end of the range (time, "
+                               "excluded)")
     return parser
 
 
@@ -88,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(loaded.config, windows=args.windows, mode=args.mode,
                             seed=args.seed, customers=args.customers)
+        if args.command == "backfill":
+            from metronome_suger.backfill import BackfillError, run_backfill
+
+            try:
+                return run_backfill(loaded.config, args.start, args.end)
+            except BackfillError as exc:
+                print(f"metronome-suger: error: {exc}", file=sys.stderr)
+                return 1
         if args.command == "dev":
             from metronome_suger.demo import run_dev
 

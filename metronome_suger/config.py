@@ -204,6 +204,32 @@ class HttpSettings(_Strict):
         }
 
 
+class AlertSettings(_Strict):
+    """Where run failures and failed asset checks are posted: one webhook (a Slack incoming webhook or any
+    endpoint taking a JSON POST), its URL read from an environment variable because it usually embeds a token."""
+
+    webhook_url_env: str = Field(
+        "SUGER_ALERT_WEBHOOK_URL",
+        description="NAME of the environment variable that holds the webhook URL alerts are POSTed to (it may "
+        "embed a secret token, as a Slack incoming webhook does); the URL itself is never in the file, and is "
+        "never logged. Read when an alert is sent: https:// is required, plain http:// only for a loopback host.",
+    )
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL, phrased without echoing any part of it (it may hold a token)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "must be an http(s) URL with a host"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return "must use https:// (http:// is allowed only for loopback hosts)"
+    return None
+
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -309,6 +335,12 @@ class AppConfig(_Strict):
         description="Asset key prefix, e.g. [acme] (none by default): lets two Suger organizations, i.e. two "
         "configuration files, live in one Dagster code location.",
     )
+    alerts: AlertSettings | None = Field(
+        None,
+        description="Post each failed run and each failed asset check of this pipeline as a short JSON message "
+        "to a webhook (Slack or any other), e.g. {webhook_url_env: SUGER_ALERT_WEBHOOK_URL}; absent (the "
+        "default): no alerts, and the alert sensors are not defined.",
+    )
 
     @field_validator("start")
     @classmethod
@@ -378,6 +410,19 @@ class AppConfig(_Strict):
 
     def suger_api_key(self) -> SecretStr:
         return read_secret(self.suger.api_key_env)
+
+    def alert_webhook_url(self) -> SecretStr:
+        """The alerts' webhook URL, read from its environment variable now (definitions load without it); a
+        ConfigError names the variable, never the URL."""
+        if self.alerts is None:
+            raise ConfigError("alerts is not configured: there is no webhook to post to")
+        env_var = self.alerts.webhook_url_env
+        url = read_secret(env_var, "the alert webhook URL")
+        problem = _webhook_url_problem(url.get_secret_value())
+        if problem:
+            raise ConfigError(f"environment variable {env_var} (the alert webhook URL, not shown: it may hold a "
+                              f"token) {problem}")
+        return url
 
 
 def read_secret(env_var: str, what: str = "the API token") -> SecretStr:

@@ -42,15 +42,18 @@ class WindowSummary:
     success: bool
     checks: dict[str, str]
     error: str | None
+    interrupted: bool = False  # Ctrl-C stopped the run (Dagster fails it instead of raising)
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
-def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstance) -> WindowSummary:
-    job = defs.resolve_implicit_global_asset_job_def()
+def run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstance, *, job_name: str | None = None,
+               tags: dict[str, str] | None = None) -> WindowSummary:
+    """One window's run in this process (``job_name``: that job of ``defs``, else the implicit asset job)."""
+    job = defs.resolve_job_def(job_name) if job_name else defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
-        partition_key=window.partition_key, instance=instance, raise_on_error=False, run_config=QUIET
+        partition_key=window.partition_key, instance=instance, raise_on_error=False, run_config=QUIET, tags=tags
     )
     checks = {
         e.check_name: "ok" if e.passed else ("warn" if e.severity == dg.AssetCheckSeverity.WARN else "FAIL")
@@ -59,12 +62,39 @@ def _run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstan
     error = None
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
-        error = "; ".join(
-            f"{f.step_key} failed" + (f": {f.step_failure_data.user_failure_data.description}"
-                                      if f.step_failure_data and f.step_failure_data.user_failure_data else "")
-            for f in failures
-        ) or "run failed"
-    return WindowSummary(window, result.success, checks, error)
+        error = "; ".join(f"{f.step_key} failed{_failure_cause(f)}" for f in failures) or "run failed"
+    return WindowSummary(window, result.success, checks, error, any(map(_interrupted, result.all_events)))
+
+
+def _failure_cause(event: dg.DagsterEvent) -> str:
+    """``: why``, from a step failure: the ``dg.Failure`` description, else the innermost exception's first line
+    (our API and configuration errors are phrased for the user and never carry a secret)."""
+    data = event.step_failure_data
+    if data is None:
+        return ""
+    if data.user_failure_data and data.user_failure_data.description:
+        return f": {data.user_failure_data.description}"
+    error = data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    message = error.message.strip().splitlines()[0] if error is not None and error.message.strip() else ""
+    return f": {message}" if message else ""
+
+
+INTERRUPTS = frozenset({"DagsterExecutionInterruptedError", "KeyboardInterrupt"})
+
+
+def _interrupted(event: dg.DagsterEvent) -> bool:
+    """Ctrl-C during the run: Dagster fails the step it hit, or the run, with the interrupt as the error."""
+    if event.is_engine_event and (event.message or "").startswith("Execution was interrupted"):
+        return True  # ... or only notes it, when the run had already failed
+    error = (event.step_failure_data.error if event.is_step_failure and event.step_failure_data
+             else event.job_failure_data.error if event.is_run_failure and event.job_failure_data else None)
+    while error is not None:
+        if error.cls_name in INTERRUPTS:
+            return True
+        error = error.cause
+    return False
 
 
 def _reconcile_day(config: AppConfig, day: str, at: datetime, instance: dg.DagsterInstance) -> None:
@@ -79,13 +109,19 @@ def _poll_suger(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
     sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources))
 
 
+def failure_lines(summaries: list[WindowSummary]) -> list[str]:
+    """One line per failed window: its partition key and what failed."""
+    return [f"{s.window.partition_key}: {s.error}" for s in summaries if not s.success]
+
+
 def _checks_text(checks: dict[str, str]) -> str:
     """All green in a word; otherwise only the checks that did not pass."""
     bad = [f"{name}:{verdict}" for name, verdict in sorted(checks.items()) if verdict != "ok"]
     return " ".join(bad) if bad else f"all {len(checks)} ok"
 
 
-def _table(config: AppConfig, summaries: list[WindowSummary]) -> str:
+def window_table(config: AppConfig, summaries: list[WindowSummary]) -> str:
+    """The per-window table of ``demo`` and ``backfill``: what the ledger holds for each window run."""
     headers = ["window (UTC)", "customers", "groups", "dimensions", "statuses", "marketplace billed", "checks", "delay"]
     if config.amount_mode:  # the dollars Metronome's invoice totals grew by, before conversion
         headers.insert(2, "invoice increase")
@@ -160,20 +196,19 @@ def run_demo(config: AppConfig, *, windows: int = 6, mode: str | None = None, se
             sandbox.clock.set(tick)
             defs = build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())})
             _poll_suger(defs, instance)  # the status sensor's tick: Suger forwarded last hour's groups
-            summaries.append(_run_window(defs, window, instance))
+            summaries.append(run_window(defs, window, instance))
         tick = chosen[-1].end + grain(hourly) + timedelta(minutes=demo_config.settle_minutes)
         sandbox.clock.set(tick)
         _poll_suger(build_definitions(demo_config, resources={"clock": ClockResource(frozen_at=tick.isoformat())}),
                     instance)
         for day in sorted({w.start.date() for w in chosen}):  # what Suger told the marketplaces, per day
             _reconcile_day(demo_config, day.isoformat(), tick, instance)
-    print(_table(demo_config, summaries))
+    print(window_table(demo_config, summaries))
     if demo_config.amount_mode:
         print("(amount modes: the first window reports each open invoice's total so far, the pipeline had not "
               "seen it before; later windows report only growth above the highest total seen)")
-    for s in summaries:
-        if not s.success:
-            print(f"{s.window.partition_key}: {s.error}")
+    for line in failure_lines(summaries):
+        print(line)
     print("(marketplace: what the marketplaces billed of each window, per Suger's usage record reports)")
     print(f"\nDuckDB file: {DEMO_DB} (tables: usage_records, report_ledger, marketplace_reports, ...)")
     return 0

@@ -603,7 +603,7 @@ def test_every_key_of_every_model_has_a_description() -> None:
     models = set(_models(AppConfig))
     assert {m.__name__ for m in models} == {
         "AppConfig", "MetronomeSettings", "SugerSettings", "DimensionMapping", "Whitelist", "CustomerLink",
-        "StorageSettings", "HttpSettings",
+        "StorageSettings", "HttpSettings", "AlertSettings",
     }
     for model in models:
         for name, field in model.model_fields.items():
@@ -681,3 +681,95 @@ def test_http_settings_reach_both_clients_as_timeout_and_retry_policy() -> None:
     assert (retry.max_attempts, retry.initial_wait, retry.max_wait, retry.max_total_seconds) == (7, 0.01, 0.2, 9)
     with pytest.raises(ValidationError, match="max_attempts"):
         config_module.HttpSettings(max_attempts=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# alerts: the webhook's URL comes from the environment variable the file names
+
+
+ALERT_URL_ENV = "SUGER_ALERT_WEBHOOK_URL"
+HOOK_TOKEN = "hook-secret-0123456789"
+
+
+@pytest.mark.parametrize(("section", "variable"), [({}, ALERT_URL_ENV), ({"webhook_url_env": "MY_HOOK"}, "MY_HOOK")])
+def test_alerts_section_names_the_webhook_variable(tmp_path: Path, section: dict[str, str], variable: str) -> None:
+    data = example_data()
+    data["alerts"] = section
+    cfg = load_config(write_yaml(tmp_path, data)).config
+    assert cfg.alerts is not None and cfg.alerts.webhook_url_env == variable
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_alerts_are_off_by_default_and_with_null(tmp_path: Path, given: bool) -> None:
+    data = example_data()
+    if given:
+        data["alerts"] = None
+    assert load_config(write_yaml(tmp_path, data)).config.alerts is None
+
+
+def test_alerts_unknown_key_is_named_and_a_pasted_url_is_not_echoed(tmp_path: Path) -> None:
+    url = f"https://hooks.slack.com/services/T0/B0/{HOOK_TOKEN}"
+    path, message = load_error(tmp_path, lambda d: d.update(alerts={"webhook_url": url}))
+    assert str(path) in message and "unknown key 'alerts.webhook_url'" in message
+    assert HOOK_TOKEN not in message
+
+
+def test_alerts_must_be_a_mapping(tmp_path: Path) -> None:
+    _, message = load_error(tmp_path, lambda d: d.update(alerts="SUGER_ALERT_WEBHOOK_URL"))
+    assert "key 'alerts'" in message
+
+
+def test_alert_webhook_url_is_read_when_needed_and_unset_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like the API tokens: the configuration (and the definitions) load without it; asking for it names it."""
+    monkeypatch.delenv("MY_HOOK", raising=False)
+    cfg = parse_config_data({**example_data(), "alerts": {"webhook_url_env": "MY_HOOK"}})
+    with pytest.raises(ConfigError) as info:
+        cfg.alert_webhook_url()
+    assert str(info.value) == "environment variable MY_HOOK is not set (it must hold the alert webhook URL)"
+    url = f" https://hooks.slack.com/services/T0/B0/{HOOK_TOKEN}\n"
+    monkeypatch.setenv("MY_HOOK", url)
+    secret = cfg.alert_webhook_url()
+    assert isinstance(secret, SecretStr) and secret.get_secret_value() == url.strip()
+    assert HOOK_TOKEN not in str(secret) and HOOK_TOKEN not in repr(cfg)
+
+
+def test_alert_webhook_url_without_alerts_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="alerts is not configured"):
+        parse_config_data(example_data()).alert_webhook_url()
+
+
+@pytest.mark.parametrize("url", [
+    "https://hooks.slack.com/services/T0/B0/{token}",
+    "https://chat.googleapis.com/v1/spaces/X/messages?key=k&token={token}",  # a token in the query is fine too
+    "http://127.0.0.1:8080/hooks/{token}",
+    "http://localhost/hooks/{token}",
+])
+def test_alert_webhook_urls_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv(ALERT_URL_ENV, url.format(token=HOOK_TOKEN))
+    cfg = parse_config_data({**example_data(), "alerts": {}})
+    assert cfg.alert_webhook_url().get_secret_value() == url.format(token=HOOK_TOKEN)
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://hooks.example.com/{token}", "must use https:// (http:// is allowed only for loopback hosts)"),
+    ("ftp://hooks.example.com/{token}", "must be an http(s) URL with a host"),
+    ("hooks.example.com/{token}", "must be an http(s) URL with a host"),
+    ("https://[::1/{token}", "is not a valid URL"),
+])
+def test_unusable_alert_webhook_url_names_the_variable_not_the_url(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str,
+) -> None:
+    monkeypatch.setenv(ALERT_URL_ENV, url.format(token=HOOK_TOKEN))
+    cfg = parse_config_data({**example_data(), "alerts": {}})
+    with pytest.raises(ConfigError) as info:
+        cfg.alert_webhook_url()
+    assert str(info.value) == (f"environment variable {ALERT_URL_ENV} (the alert webhook URL, not shown: it may hold "
+                               f"a token) {problem}")
+    assert HOOK_TOKEN not in str(info.value) and "example.com" not in str(info.value)
+
+
+def test_alert_webhook_key_says_the_url_is_not_in_the_file() -> None:
+    description = config_module.AlertSettings.model_fields["webhook_url_env"].description or ""
+    assert "NAME of the environment variable" in description and "never in the file" in description

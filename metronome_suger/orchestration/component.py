@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from typing_extensions import Self, TypeAliasType
 
 from metronome_suger.config import (
+    AlertSettings,
     AppConfig,
     BillingMode,
     ConfigError,
@@ -98,6 +99,7 @@ class MetronomeSugerComponent(dg.Component, dg.Model, dg.Resolvable):
     marketplace_deadline_hours: Annotated[Inline[dict[Partner, Decimal]], _key("marketplace_deadline_hours")] = None
     suger_forward_lag_minutes: Annotated[Inline[int], _key("suger_forward_lag_minutes")] = None
     reconciliation_grace_hours: Annotated[Inline[Decimal], _key("reconciliation_grace_hours")] = None
+    alerts: Annotated[Inline[AlertSettings | None], _key("alerts")] = None
     max_concurrency: Annotated[Inline[int], _key("max_concurrency")] = None
     http: Annotated[Inline[HttpSettings], _key("http")] = None
     storage: Annotated[Inline[StorageSettings], _key("storage")] = None

@@ -1,10 +1,13 @@
 """The component loads the same definitions from a defs.yaml, without any network call: the configuration
 keys are its typed attributes (validated by dg, with the configuration's descriptions), or a config_file."""
 
+import functools
 import json
+import operator
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -191,6 +194,8 @@ def _unconstrained(annotation: Any) -> Any:
         return _unconstrained(args[0])
     if origin is None or origin is Literal:
         return annotation
+    if origin is types.UnionType:  # X | None
+        return functools.reduce(operator.or_, [_unconstrained(arg) for arg in args])
     return origin[tuple(_unconstrained(arg) for arg in args)]
 
 
