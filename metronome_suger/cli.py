@@ -12,6 +12,8 @@ from datetime import date, datetime
 
 from metronome_suger.clients.errors import ApiError
 from metronome_suger.config import ConfigError, LoadedConfig, load_config
+from metronome_suger.storage.db import SchemaVersionError
+from metronome_suger.storage.postgres import DatabaseUnavailableError
 
 # The range of `backfill` (metronome_suger.backfill checks it once the configuration is loaded).
 BACKFILL_RANGE_HELP = (
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reconcile":
             return operations.reconcile(loaded.config, day=args.day, entitlement_id=args.entitlement,
                                         as_json=args.json)
-    except (ConfigError, ApiError) as exc:
+    except (ConfigError, ApiError, SchemaVersionError, DatabaseUnavailableError) as exc:
         print(f"metronome-suger: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

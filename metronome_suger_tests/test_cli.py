@@ -187,3 +187,23 @@ def test_dagster_cli_materializes_a_window_and_reconcile_accounts_for_it(live_sa
     for secret in sb.env().values():
         assert secret not in (window.stdout + window.stderr + text.stdout + as_json.stdout + failing.stdout
                               + reports.stdout + reports.stderr)
+
+
+def test_an_unreachable_ledger_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`status` against a PostgreSQL ledger nobody listens for: our error line naming host and port, exit 1."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({
+        "suger": {"org_id": "org-1"}, "start": "2026-11-01T00:00:00Z",
+        "storage": {"url": f"postgresql://ledger@127.0.0.1:{port}/ledger", "password_env": "LEDGER_PW"}}))
+    proc = run([str(BIN / "metronome-suger"), "status"], cwd=tmp_path,
+               env={"METRONOME_SUGER_CONFIG": str(config), "LEDGER_PW": "not-used-here-secret"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[0]  # libpq's own message may add a hint line
+    assert line.startswith(f"metronome-suger: error: cannot open the ledger database postgresql://ledger@127.0.0.1:{port}/ledger")
+    assert "not-used-here-secret" not in proc.stdout + proc.stderr
