@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test reliability bench dev venv clean
+.PHONY: demo test reliability bench docs dev venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,7 @@ test: $(STAMP)
 	$(BIN)/ruff check metronome_suger metronome_suger_tests benchmarks scripts
 	$(BIN)/mypy metronome_suger
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The reliability suites alone (crashes, fault matrix, bad input, soak, secrets), with their figures written
@@ -46,6 +47,12 @@ reliability: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# README.md's "Configuration reference", generated from the configuration model's field descriptions
+# (metronome_suger/docs.py); `python -m metronome_suger.docs` without --write only checks it (exit 1 and a diff
+# when stale), as metronome_suger_tests/test_docs.py does.
+docs: $(STAMP)
+	$(BIN)/python -m metronome_suger.docs --write
 
 dev: $(STAMP)
 	$(BIN)/metronome-suger dev

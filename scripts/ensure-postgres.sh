@@ -28,21 +28,10 @@ fi
 
 echo "PostgreSQL's initdb/pg_ctl not found: installing Debian's postgresql for the tests"
 
-if ! command -v apt-get >/dev/null; then
-    echo "error: no apt-get here; install the PostgreSQL server programs (initdb, pg_ctl, psql) yourself," \
-         "on PATH or in /usr/lib/postgresql/<version>/bin" >&2
-    exit 1
-fi
-
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null; then
-        SUDO=(sudo)
-    else
-        echo "error: not root and no sudo: run as root: apt-get install postgresql-15 (or postgresql)" >&2
-        exit 1
-    fi
-fi
+# shellcheck source=scripts/apt-lib.sh
+source "$(dirname "$0")/apt-lib.sh"
+require_apt "install the PostgreSQL server programs (initdb, pg_ctl, psql) yourself, on PATH or in
+/usr/lib/postgresql/<version>/bin" "apt-get install postgresql-15 (or postgresql)"
 
 # No default cluster: postgresql-NN's postinst runs `pg_createcluster NN main` (and starts it) unless
 # /etc/postgresql-common/createcluster.conf says create_main_cluster = false. postgresql-common installs that
