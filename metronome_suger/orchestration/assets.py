@@ -63,8 +63,8 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
 
     def plotted(connect: Connect, windows: list[Window], now: datetime) -> dict[str, Any]:
         """The windows' figures as floats, which the UI plots across partitions (exact values stay in the
-        tables): groups, units per dimension and dollars at Suger, dollars at risk and expired, units
-        over-reported, and minutes from the close of the window to Suger's answer."""
+        tables): groups, units per dimension and dollars at Suger, dollars at risk and expired, units and
+        dollars over-reported, and minutes from the close of the window to Suger's answer."""
         span = Window(windows[0].start, windows[-1].end)
         with connect(read_only=True) as conn:
             figures = window_figures(conn, span)
@@ -75,6 +75,7 @@ def build_assets(config: AppConfig, keys: Keys) -> list[dg.AssetsDefinition]:
             "dollars_at_risk": float(sum((d for _, d in deadlines.at_risk.values()), Decimal(0))),
             "dollars_expired": float(sum((d for _, d in deadlines.expired.values()), Decimal(0))),
             "units_over_reported": float(figures.units_over_reported),
+            "dollars_over_reported": float(figures.dollars_over_reported),
             **{f"units:{dim}": float(units) for dim, units in figures.units_sent.items()}}
         if figures.delay_minutes is not None:
             plotted["delay_minutes"] = round(figures.delay_minutes, 1)

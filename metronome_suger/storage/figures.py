@@ -1,5 +1,6 @@
 """A run's windows in numbers, for the metadata Dagster plots across partitions: groups, units per dimension and
-dollars handed to Suger, units found over-reported, and the delay from the windows' close to Suger's answer."""
+dollars handed to Suger, units and dollars found over-reported, and the delay from the windows' close to Suger's
+answer."""
 
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,6 +17,7 @@ class WindowFigures:
     dollars_sent: Decimal
     units_sent: dict[str, Decimal]  # per dimension
     units_over_reported: Decimal  # converted values that fell after they were sent
+    dollars_over_reported: Decimal  # the same at each dimension's rate (latest entitlement snapshot)
     delay_minutes: float | None  # from the last window's close to Suger's last answer; None before any answer
 
 
@@ -29,8 +31,12 @@ def window_figures(conn: duckdb.DuckDBPyConnection, span: Window) -> WindowFigur
         """SELECT l.dimension_key, sum(l.quantity) FROM report_ledger g JOIN report_lines l USING (record_group_id)
         WHERE g.window_start >= ? AND g.window_start < ? AND g.status IN ('sent', 'accepted')
         GROUP BY 1 ORDER BY 1""", [span.start, span.end]).fetchall()
-    over = conn.execute("SELECT coalesce(sum(reported - current), 0) FROM over_reported "
-                        "WHERE window_start >= ? AND window_start < ?", [span.start, span.end]).fetchone()
+    over = conn.execute(
+        """SELECT coalesce(sum(o.reported - o.current), 0), coalesce(sum((o.reported - o.current) * d.rate), 0)
+        FROM over_reported o LEFT JOIN entitlement_dimensions d
+          ON d.entitlement_id = o.entitlement_id AND d.dimension_key = o.dimension_key
+         AND d.snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions)
+        WHERE o.window_start >= ? AND o.window_start < ?""", [span.start, span.end]).fetchone() or (0, 0)
     delay = None if answered is None else (answered - span.end).total_seconds() / 60
     return WindowFigures(int(groups), int(sent), Decimal(dollars), {k: Decimal(v) for k, v in units},
-                         Decimal(over[0] if over else 0), delay)
+                         Decimal(over[0]), Decimal(over[1]), delay)

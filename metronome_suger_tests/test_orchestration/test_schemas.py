@@ -47,7 +47,18 @@ def test_the_report_plots_groups_units_dollars_and_delay(sandbox: Sandbox, pipel
                 if m.asset_key.to_user_string() == "suger_usage_report"]
     metadata = {k: v.value for k, v in report.materialization.metadata.items()}
     assert {k: metadata[k] for k in ("groups", "groups_sent", "dollars_sent", "units:cpu_hour", "dollars_at_risk",
-                                     "dollars_expired", "units_over_reported", "requests", "delay_minutes")} == {
+                                     "dollars_expired", "units_over_reported", "dollars_over_reported", "requests",
+                                     "delay_minutes")} == {
         "groups": 1, "groups_sent": 1, "dollars_sent": 0.3, "units:cpu_hour": 2.5, "dollars_at_risk": 0.0,
-        "dollars_expired": 0.0, "units_over_reported": 0.0, "requests": 1, "delay_minutes": 5.0}
+        "dollars_expired": 0.0, "units_over_reported": 0.0, "dollars_over_reported": 0.0, "requests": 1,
+        "delay_minutes": 5.0}
     assert isinstance(report.materialization.metadata["dollars_sent"], dg.FloatMetadataValue)
+
+    # Metronome's value falls after it was reported: the re-run plots what was over-reported, never sends it.
+    sandbox.metronome.set_usage(customer, cpu, datetime(2026, 11, 25, 13, tzinfo=timezone.utc), Decimal("1.5"))
+    again = pipeline.run("2026-11-25-13:00", at=datetime(2026, 11, 25, 14, 20, tzinfo=timezone.utc))
+    assert again.success, failure_text(again)
+    [rerun] = [m for m in again.get_asset_materialization_events()
+               if m.asset_key.to_user_string() == "suger_usage_report"]
+    figures = {k: v.value for k, v in rerun.materialization.metadata.items()}
+    assert (figures["units_over_reported"], figures["dollars_over_reported"], figures["requests"]) == (1.0, 0.12, 0)
