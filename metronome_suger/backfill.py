@@ -37,7 +37,8 @@ from metronome_suger.demo import WindowSummary, failure_lines, run_window, windo
 from metronome_suger.orchestration.definitions import build_definitions
 from metronome_suger.orchestration.keys import JOB, Keys
 from metronome_suger.orchestration.sensors import TRIGGER_TAG
-from metronome_suger.storage.db import connect, fetch_one
+from metronome_suger.storage.db import connect
+from metronome_suger.storage.figures import window_figures
 
 TRIGGER = "backfill"  # the value of the metronome_suger/trigger tag on the runs this command launches
 
@@ -138,10 +139,8 @@ class Sent:
 def sent_in(config: AppConfig, window: Window) -> Sent:
     """The window's groups and dollars handed to Suger, per the report ledger."""
     with connect(config.database(), read_only=True) as conn:
-        groups, dollars = fetch_one(
-            conn, "SELECT count(*), coalesce(sum(dollars), 0) FROM report_ledger WHERE window_start = ? "
-                  "AND status IN ('sent', 'accepted')", [window.start])
-    return Sent(int(groups), Decimal(dollars))
+        figures = window_figures(conn, window)
+    return Sent(figures.groups_sent, figures.dollars_sent)
 
 
 def instance_for_backfill() -> tuple[dg.DagsterInstance, str]:

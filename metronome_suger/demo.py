@@ -15,6 +15,7 @@ from metronome_suger.core.amounts import cents_to_dollars, dollars_text
 from metronome_suger.core.reconciliation import money
 from metronome_suger.core.windows import Window, grain, last_closed_windows
 from metronome_suger.orchestration.definitions import build_definitions, build_reconciliation_definitions
+from metronome_suger.orchestration.failures import step_failure_text
 from metronome_suger.orchestration.resources import ClockResource
 from metronome_suger.storage.amounts import window_increase
 from metronome_suger.storage.db import connect, fetch_one
@@ -67,17 +68,9 @@ def run_window(defs: dg.Definitions, window: Window, instance: dg.DagsterInstanc
 
 
 def _failure_cause(event: dg.DagsterEvent) -> str:
-    """``: why``, from a step failure: the ``dg.Failure`` description, else the innermost exception's first line
-    (our API and configuration errors are phrased for the user and never carry a secret)."""
-    data = event.step_failure_data
-    if data is None:
-        return ""
-    if data.user_failure_data and data.user_failure_data.description:
-        return f": {data.user_failure_data.description}"
-    error = data.error
-    while error is not None and error.cause is not None:
-        error = error.cause
-    message = error.message.strip().splitlines()[0] if error is not None and error.message.strip() else ""
+    """``: why``, from a step failure: the first line of its own words (``step_failure_text``)."""
+    text = step_failure_text(event)
+    message = text.splitlines()[0] if text else ""
     return f": {message}" if message else ""
 
 

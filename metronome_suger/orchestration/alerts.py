@@ -34,6 +34,7 @@ import httpx
 from pydantic import SecretStr
 
 from metronome_suger.config import AppConfig
+from metronome_suger.orchestration.failures import failure_description, innermost_error
 from metronome_suger.orchestration.keys import GROUP, NO_PREFIX, Keys
 
 __all__ = ["SOURCE", "Alert", "Scope", "alert_sensor_names", "build_alert_sensors", "check_alerts", "post_alert",
@@ -213,18 +214,15 @@ class Scope:
 
 
 def _error_text(event: dg.DagsterEvent) -> str:
-    """A step failure's own words: its description, else the innermost error (the user's exception)."""
-    data = event.step_failure_data
-    if data is None:
-        return event.message or ""
-    if data.user_failure_data and data.user_failure_data.description:
-        return data.user_failure_data.description
-    error = data.error
-    while error is not None and error.cause is not None:
-        error = error.cause
+    """A step failure's own words: its description, else the innermost error without its module path, else the
+    event's message."""
+    described = failure_description(event)
+    if described:
+        return described
+    error = innermost_error(event)
     if error is None:
         return event.message or ""
-    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", error.message.strip())  # "pkg.mod.Error: ..." -> "Error: ..."
+    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", error)  # "pkg.mod.Error: ..." -> "Error: ..."
 
 
 def run_failure_alert(context: dg.RunFailureSensorContext) -> Alert:

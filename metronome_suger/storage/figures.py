@@ -8,6 +8,7 @@ from decimal import Decimal
 import duckdb
 
 from metronome_suger.core.windows import Window
+from metronome_suger.storage.snapshots import LATEST_RATES_SQL
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,9 @@ def window_figures(conn: duckdb.DuckDBPyConnection, span: Window) -> WindowFigur
         WHERE g.window_start >= ? AND g.window_start < ? AND g.status IN ('sent', 'accepted')
         GROUP BY 1 ORDER BY 1""", [span.start, span.end]).fetchall()
     over = conn.execute(
-        """SELECT coalesce(sum(o.reported - o.current), 0), coalesce(sum((o.reported - o.current) * d.rate), 0)
-        FROM over_reported o LEFT JOIN entitlement_dimensions d
+        f"""SELECT coalesce(sum(o.reported - o.current), 0), coalesce(sum((o.reported - o.current) * d.rate), 0)
+        FROM over_reported o LEFT JOIN ({LATEST_RATES_SQL}) d
           ON d.entitlement_id = o.entitlement_id AND d.dimension_key = o.dimension_key
-         AND d.snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions)
         WHERE o.window_start >= ? AND o.window_start < ?""", [span.start, span.end]).fetchone() or (0, 0)
     delay = None if answered is None else (answered - span.end).total_seconds() / 60
     return WindowFigures(int(groups), int(sent), Decimal(dollars), {k: Decimal(v) for k, v in units},

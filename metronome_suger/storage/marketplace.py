@@ -70,20 +70,21 @@ def store_reports(conn: duckdb.DuckDBPyConnection, reports: Sequence[ReportRow],
     line_rows = [(r.report_id, key, *values) for r in reports for key, values in r.lines.items()]
     group_rows = [(r.report_id, gid) for r in reports for gid in dict.fromkeys(r.group_ids)]
     ids = json.dumps([r.report_id for r in reports])
+    report_json = json_param(_REPORT, report_rows)
     with transaction(conn):
         changed = int(fetch_one(conn, f"""INSERT INTO marketplace_report_history
             SELECT n.report_id, n.status, n.message, $now FROM {json_rows(_REPORT, '$reports')} n
             LEFT JOIN marketplace_reports o USING (report_id)
             WHERE o.report_id IS NULL OR o.status IS DISTINCT FROM n.status
                OR o.message IS DISTINCT FROM n.message""",
-            {"reports": json_param(_REPORT, report_rows), "now": now})[0])
+            {"reports": report_json, "now": now})[0])
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE _first_seen AS SELECT report_id, first_seen_at
             FROM marketplace_reports WHERE report_id IN (SELECT unnest({json_list('VARCHAR')}))""", [ids])
         for table in ("marketplace_reports", "marketplace_report_lines", "marketplace_report_groups"):
             conn.execute(f"DELETE FROM {table} WHERE report_id IN (SELECT unnest({json_list('VARCHAR')}))", [ids])
         conn.execute(f"""INSERT INTO marketplace_reports SELECT n.*, coalesce(f.first_seen_at, $now), $now
             FROM {json_rows(_REPORT, '$reports')} n LEFT JOIN _first_seen f USING (report_id)""",
-                     {"reports": json_param(_REPORT, report_rows), "now": now})
+                     {"reports": report_json, "now": now})
         conn.execute("DROP TABLE _first_seen")
         conn.execute(f"INSERT INTO marketplace_report_lines SELECT * FROM {json_rows(_LINE)}",
                      [json_param(_LINE, line_rows)])

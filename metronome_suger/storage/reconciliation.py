@@ -19,6 +19,7 @@ from metronome_suger.core.reconciliation import (
 )
 from metronome_suger.storage.db import sql_list
 from metronome_suger.storage.ledger import ENDED_AT_SQL, deciding_reports, outcome_sql
+from metronome_suger.storage.snapshots import LATEST_RATES_SQL
 
 # A group's cause: its deciding report's outcome, else its ledger status, else in flight within the grace.
 _CAUSE_SQL = f"""CASE WHEN {outcome_sql('d.rank')} IN ('billed', 'failed') THEN {outcome_sql('d.rank')}
@@ -108,8 +109,7 @@ _PENDING_SQL = f"""SELECT report_ledger.entitlement_id, l.dimension_key, report_
     WHERE report_ledger.status = 'pending' AND report_ledger.window_start >= $day
       AND report_ledger.window_start < $next {{entitlement}} GROUP BY ALL"""
 
-_RATES_SQL = """SELECT entitlement_id, dimension_key, max(rate) FROM entitlement_dimensions
-    WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions) GROUP BY ALL"""
+_REPORTS_SQL = "SELECT count(*) FROM marketplace_reports r WHERE r.day = $day {entitlement}"
 
 
 def reconcile(conn: duckdb.DuckDBPyConnection, day: date, now: datetime, *, entitlement_id: str | None = None,
@@ -163,13 +163,11 @@ def reconcile(conn: duckdb.DuckDBPyConnection, day: date, now: datetime, *, enti
             f"{units(carried)}" + (f" and the carry {units(carry)}" if carry else ""))
     for ent, partner, dim, report, message in rows(_FAILED_SQL, "r"):
         line(ent, partner, dim).notes.append(f"report {report} FAILED: {message or 'no message'}")
-    rates = {(ent, dim): rate for ent, dim, rate in conn.execute(_RATES_SQL).fetchall()}
+    rates = {(ent, dim): rate for ent, dim, rate in conn.execute(LATEST_RATES_SQL).fetchall()}
     for (ent, dim), item in lines.items():
         if item.unit_price is None:
             item.unit_price = rates.get((ent, dim))
-    reports = int(conn.execute(
-        "SELECT count(*) FROM marketplace_reports r WHERE r.day = $day " + where.format(alias="r"),
-        {k: v for k, v in params.items() if k != "next"}).fetchone()[0])  # type: ignore[index]
+    reports = int(rows(_REPORTS_SQL, "r")[0][0])
     foreign = [r[0] for r in rows(_FOREIGN_SQL, "r")]
     return Reconciliation(day.isoformat(), [lines[k] for k in sorted(lines)], foreign, reports)
 

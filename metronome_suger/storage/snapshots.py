@@ -9,6 +9,9 @@ import duckdb
 
 from metronome_suger.storage.db import QTY, bulk_insert, transaction
 
+# Each (entitlement, dimension)'s rate in the latest entitlement snapshot: what a unit of it is worth now.
+LATEST_RATES_SQL = """SELECT entitlement_id, dimension_key, max(rate) AS rate FROM entitlement_dimensions
+    WHERE snapshot_at = (SELECT max(snapshot_at) FROM entitlement_dimensions) GROUP BY ALL"""
 
 def store_customers(
     conn: duckdb.DuckDBPyConnection, at: datetime, rows: Sequence[tuple[str, str | None, str | None, bool]]
